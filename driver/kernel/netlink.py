@@ -1,0 +1,660 @@
+"""The Kernel port over netlink (pyroute2), laid out as Docker's overlay driver does it.
+
+Per network, a named network namespace ``names.netns(id)`` under ``netns_dir``
+holds a bridge ``names.BRIDGE`` and the VXLAN device ``names.VXLAN``. The VXLAN
+device is created in the host namespace under a staging name and then moved:
+its UDP socket stays on the host's underlay while its frames land on the bridge
+in the network namespace. Gateways live on that bridge, so two networks may use
+the same subnet.
+
+Per endpoint, a veth pair: the host side (``names.veth_host``) in the host
+namespace for Docker to move into the container, the bridge side
+(``names.veth_bridge``) created directly in the network namespace.
+
+Every netlink handle is opened and closed per call. Calls on one network are
+serialised by a per-network lock; creating and deleting staging devices in the
+host namespace is serialised by one more lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+
+from driver import names
+from driver.kernel import nsfs
+from driver.kernel.port import (
+    EndpointLinks,
+    EndpointSpec,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    KernelError,
+    NetworkSpec,
+    Peer,
+)
+
+DEFAULT_NETNS_DIR = Path("/run/swarmnet/netns")
+DEFAULT_MTU = 1500
+
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+MAIN_TABLE = 254
+_GONE = (errno.ENOENT, errno.ENODEV)
+
+_HOST_PREFIX = names.veth_host("")
+_BRIDGE_PREFIX = names.veth_bridge("")
+_STAGING_PREFIX = names.vxlan_staging(0)[:-1]
+_VETH = re.compile(rf"^({re.escape(_HOST_PREFIX)}|{re.escape(_BRIDGE_PREFIX)})([0-9a-f]{{12}})$")
+_STAGING = re.compile(rf"^{re.escape(_STAGING_PREFIX)}[0-9]+$")
+
+Handle = Any  # a pyroute2 IPRoute; pyroute2 ships no type information
+Msg = Any  # a pyroute2 netlink message
+
+
+class NetlinkKernel:
+    """The real kernel. ``host_netns`` names the host namespace (tests); None = the caller's."""
+
+    def __init__(self, netns_dir: Path = DEFAULT_NETNS_DIR, host_netns: Path | None = None) -> None:
+        self._netns_dir = netns_dir
+        self._host_netns = host_netns
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._staging_lock = threading.Lock()
+
+    # -- handles and locks -------------------------------------------------
+
+    def _lock(self, network_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(names.short(network_id), threading.Lock())
+
+    def _path(self, network_id: str) -> Path:
+        return self._netns_dir / names.netns(network_id)
+
+    @contextmanager
+    def _host(self) -> Iterator[Handle]:
+        with _errors("open a netlink socket in the host namespace"):
+            if self._host_netns is None:
+                ipr = IPRoute(groups=0)
+            else:
+                ipr = _ipr_on(nsfs.socket_in(self._host_netns))
+        with ipr:
+            yield ipr
+
+    @contextmanager
+    def _netns(self, network_id: str) -> Iterator[Handle]:
+        path = self._path(network_id)
+        if not nsfs.is_netns(path):
+            raise KernelError(f"network {names.short(network_id)}: namespace {path} does not exist")
+        with _errors(f"open namespace {path}"):
+            ipr = _ipr_on(nsfs.socket_in(path))
+        with ipr:
+            yield ipr
+
+    # -- host facts --------------------------------------------------------
+
+    def underlay_mtu(self, local_addr: IPAddress | None) -> int:
+        with self._host() as host, _errors("read the underlay MTU"):
+            index = None
+            if local_addr is not None:
+                wanted = str(local_addr)
+                for msg in host.addr("dump"):
+                    if wanted in (msg.get("local"), msg.get("address")):
+                        index = msg["index"]
+                        break
+            families = (
+                [socket.AF_INET, socket.AF_INET6]
+                if local_addr is None
+                else [_family(local_addr), socket.AF_INET, socket.AF_INET6]
+            )
+            for family in families:
+                if index is not None:
+                    break
+                index = _default_route_oif(host, family)
+            if index is None:
+                return DEFAULT_MTU
+            link = _get_link_by_index(host, index)
+            return int(link.get("mtu")) if link is not None else DEFAULT_MTU
+
+    def host_networks(self) -> list[IPNetwork]:
+        """Main-table route destinations and on-link networks of addresses.
+
+        Left out: default routes, IPv6 link-local (fe80::/10) and multicast. Kept:
+        loopback (127.0.0.0/8, ::1/128) and host routes; an IPAM never wants those.
+        """
+        found: set[IPNetwork] = set()
+        with self._host() as host, _errors("read host routes and addresses"):
+            for route in host.route("dump", table=MAIN_TABLE):
+                if route.get("table") != MAIN_TABLE or not route.get("dst_len"):
+                    continue
+                dst = route.get("dst")
+                if dst:
+                    found.add(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+            for addr in host.addr("dump"):
+                address = addr.get("address")
+                if address:
+                    iface = ipaddress.ip_interface(f"{address}/{addr['prefixlen']}")
+                    found.add(iface.network)
+        kept = [n for n in found if not (n.is_link_local and n.version == 6) and not n.is_multicast]
+        return sorted(kept, key=lambda n: (n.version, n.network_address, n.prefixlen))
+
+    # -- networks ----------------------------------------------------------
+
+    def network_ids(self) -> set[str]:
+        """Includes a namespace file left half-made by a crash, so reconciliation can remove it."""
+        try:
+            entries = os.listdir(self._netns_dir)
+        except FileNotFoundError:
+            return set()
+        ids = (names.netns_network_prefix(entry) for entry in entries)
+        return {i for i in ids if i is not None}
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        short = names.short(spec.network_id)
+        path = self._path(spec.network_id)
+        with self._lock(spec.network_id), ExitStack() as undo:
+            if not nsfs.is_netns(path):
+                # A plain file here is a crash between creating and mounting it.
+                with _errors(f"network {short}: create namespace {path}"):
+                    nsfs.remove(path)
+                    nsfs.create(path)
+                undo.callback(self._destroy_quietly, spec.network_id)
+            with self._netns(spec.network_id) as ns:
+                _set_up(ns, "lo", f"network {short}: lo")
+                bridge = self._ensure_bridge(ns, spec)
+                self._ensure_vxlan(ns, bridge, spec)
+            undo.pop_all()
+
+    def _ensure_bridge(self, ns: Handle, spec: NetworkSpec) -> int:
+        what = f"network {names.short(spec.network_id)}: bridge {names.BRIDGE}"
+        with _errors(what):
+            link = _get_link(ns, names.BRIDGE)
+            if link is not None and _kind(link) != "bridge":
+                _delete_link(ns, link["index"])
+                link = None
+            if link is None:
+                ns.link("add", ifname=names.BRIDGE, kind="bridge", mtu=spec.mtu)
+                link = _must_link(ns, names.BRIDGE)
+            index = int(link["index"])
+            if link.get("mtu") != spec.mtu:
+                ns.link("set", index=index, mtu=spec.mtu)
+            _ensure_addresses(ns, index, set(spec.bridge_addresses))
+            if not link["flags"] & IFF_UP:
+                ns.link("set", index=index, state="up")
+            return index
+
+    def _ensure_vxlan(self, ns: Handle, bridge: int, spec: NetworkSpec) -> None:
+        short = names.short(spec.network_id)
+        what = f"network {short}: {names.VXLAN} (VNI {spec.vni})"
+        saved: set[Peer] = set()
+        with _errors(what):
+            link = _get_link(ns, names.VXLAN)
+            if link is not None and not _vxlan_matches(link, spec):
+                # VNI, port and local address cannot be changed in place: replace
+                # the device, carrying its peers over.
+                saved = _read_peers(ns, int(link["index"]))
+                _delete_link(ns, int(link["index"]))
+                link = None
+            if link is None:
+                for stale in ns.link("dump"):
+                    if _STAGING.match(stale.get("ifname") or ""):
+                        _delete_link(ns, int(stale["index"]))
+                self._create_vxlan(ns, spec)
+                link = _must_link(ns, names.VXLAN)
+            index = int(link["index"])
+            if link.get("mtu") != spec.mtu:
+                ns.link("set", index=index, mtu=spec.mtu)
+            if link.get("master") != bridge:
+                ns.link("set", index=index, master=bridge)
+            if not link["flags"] & IFF_UP:
+                ns.link("set", index=index, state="up")
+            for peer in saved:
+                _program_peer(ns, index, peer)
+
+    def _create_vxlan(self, ns: Handle, spec: NetworkSpec) -> None:
+        """Create the device in the host namespace, move it into ``ns``, name it VXLAN."""
+        staging = names.vxlan_staging(spec.vni)
+        short = names.short(spec.network_id)
+        local: dict[str, str] = {}
+        if spec.local_vtep is not None:
+            key = "vxlan_local" if spec.local_vtep.version == 4 else "vxlan_local6"
+            local[key] = str(spec.local_vtep)
+        with self._staging_lock, self._host() as host, ExitStack() as undo:
+            what = f"network {short}: create {staging} (VNI {spec.vni}) in the host namespace"
+            with _errors(what):
+                stale = _get_link(host, staging)
+                if stale is not None:
+                    _delete_link(host, int(stale["index"]))
+                try:
+                    host.link(
+                        "add",
+                        ifname=staging,
+                        kind="vxlan",
+                        vxlan_id=spec.vni,
+                        vxlan_port=spec.vxlan_port,
+                        vxlan_learning=0,
+                        vxlan_proxy=1,
+                        vxlan_l2miss=0,
+                        vxlan_l3miss=0,
+                        mtu=spec.mtu,
+                        **local,
+                    )
+                except NetlinkError as exc:
+                    if exc.code == errno.EEXIST:
+                        raise KernelError(
+                            f"{what}: VNI {spec.vni} on port {spec.vxlan_port} is already "
+                            "used by another VXLAN device on this host"
+                        ) from exc
+                    raise
+                index = int(_must_link(host, staging)["index"])
+            undo.callback(_delete_quietly, host, index)
+            with _errors(f"network {short}: move {staging} into {names.netns(spec.network_id)}"):
+                fd = nsfs.open_fd(self._path(spec.network_id))
+                try:
+                    host.link("set", index=index, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+            undo.pop_all()
+        with _errors(f"network {short}: rename {staging} to {names.VXLAN}"):
+            moved = _get_link(ns, staging)
+            if moved is None:
+                raise KernelError(f"network {short}: {staging} vanished after the move")
+            try:
+                ns.link("set", index=moved["index"], ifname=names.VXLAN)
+            except BaseException:
+                _delete_quietly(ns, int(moved["index"]))
+                raise
+
+    def remove_network(self, network_id: str) -> None:
+        with self._lock(network_id):
+            self._destroy(network_id)
+
+    def _destroy_quietly(self, network_id: str) -> None:
+        """Undo step: best effort, the original error is the one worth reporting."""
+        with suppress(KernelError):
+            self._destroy(network_id)
+
+    def _destroy(self, network_id: str) -> None:
+        path = self._path(network_id)
+        if nsfs.is_netns(path):
+            # The namespace is torn down asynchronously once unmounted; delete the
+            # devices first so the VNI and the veth names are free when we return.
+            with self._netns(network_id) as ns, _errors(f"network {names.short(network_id)}"):
+                for link in ns.link("dump"):
+                    name = link.get("ifname") or ""
+                    if name == names.VXLAN or _STAGING.match(name) or _VETH.match(name):
+                        _delete_link(ns, int(link["index"]))
+        with _errors(f"network {names.short(network_id)}: remove namespace {path}"):
+            nsfs.remove(path)
+
+    # -- endpoints ---------------------------------------------------------
+
+    def ensure_endpoint(self, spec: EndpointSpec) -> EndpointLinks:
+        links = EndpointLinks(
+            host_side=names.veth_host(spec.endpoint_id),
+            bridge_side=names.veth_bridge(spec.endpoint_id),
+        )
+        what = (
+            f"network {names.short(spec.network_id)}: endpoint "
+            f"{names.short(spec.endpoint_id)} ({links.host_side}/{links.bridge_side})"
+        )
+        with (
+            self._lock(spec.network_id),
+            self._netns(spec.network_id) as ns,
+            self._host() as host,
+            _errors(what),
+        ):
+            bridge = _get_link(ns, names.BRIDGE)
+            if bridge is None:
+                raise KernelError(f"{what}: the network has no {names.BRIDGE}")
+            inner = _get_link(ns, links.bridge_side)
+            outer = _get_link(host, links.host_side)
+            with ExitStack() as undo:
+                if inner is None:
+                    if outer is not None:
+                        _delete_link(host, int(outer["index"]))
+                    fd = nsfs.open_fd(self._path(spec.network_id))
+                    try:
+                        host.link(
+                            "add",
+                            ifname=links.host_side,
+                            kind="veth",
+                            address=spec.mac,
+                            mtu=spec.mtu,
+                            peer={"ifname": links.bridge_side, "net_ns_fd": fd, "mtu": spec.mtu},
+                        )
+                    finally:
+                        os.close(fd)
+                    outer = _must_link(host, links.host_side)
+                    undo.callback(_delete_quietly, host, int(outer["index"]))
+                    inner = _must_link(ns, links.bridge_side)
+                elif outer is not None:
+                    # Not joined yet: the host side is still ours to correct.
+                    if outer.get("mtu") != spec.mtu:
+                        host.link("set", index=outer["index"], mtu=spec.mtu)
+                    if outer.get("address") != spec.mac:
+                        host.link("set", index=outer["index"], address=spec.mac)
+                index = int(inner["index"])
+                if inner.get("mtu") != spec.mtu:
+                    ns.link("set", index=index, mtu=spec.mtu)
+                if inner.get("master") != bridge["index"]:
+                    ns.link("set", index=index, master=bridge["index"])
+                if not inner["flags"] & IFF_UP:
+                    ns.link("set", index=index, state="up")
+                undo.pop_all()
+        return links
+
+    def remove_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        what = f"network {names.short(network_id)}: endpoint {names.short(endpoint_id)}"
+        with self._lock(network_id), _errors(what):
+            if nsfs.is_netns(self._path(network_id)):
+                with self._netns(network_id) as ns:
+                    # Deleting one end of a veth deletes the other, wherever it is.
+                    inner = _get_link(ns, names.veth_bridge(endpoint_id))
+                    if inner is not None:
+                        _delete_link(ns, int(inner["index"]))
+            with self._host() as host:
+                outer = _get_link(host, names.veth_host(endpoint_id))
+                if outer is not None:
+                    _delete_link(host, int(outer["index"]))
+
+    def endpoint_ids(self, network_id: str) -> set[str]:
+        if not nsfs.is_netns(self._path(network_id)):
+            return set()
+        with (
+            self._lock(network_id),
+            self._netns(network_id) as ns,
+            _errors(f"network {names.short(network_id)}: list endpoints"),
+        ):
+            found = set()
+            for link in ns.link("dump"):
+                match = _VETH.match(link.get("ifname") or "")
+                if match and match.group(1) == _BRIDGE_PREFIX:
+                    found.add(match.group(2))
+            return found
+
+    # -- peers -------------------------------------------------------------
+
+    def ensure_peer(self, network_id: str, peer: Peer) -> None:
+        what = f"network {names.short(network_id)}: peer {peer.ip} {peer.mac} via {peer.vtep}"
+        with self._lock(network_id), self._netns(network_id) as ns, _errors(what):
+            vxlan = _get_link(ns, names.VXLAN)
+            if vxlan is None:
+                raise KernelError(f"{what}: the network has no {names.VXLAN}")
+            _program_peer(ns, int(vxlan["index"]), peer)
+
+    def remove_peer(self, network_id: str, peer: Peer) -> None:
+        if not nsfs.is_netns(self._path(network_id)):
+            return
+        what = f"network {names.short(network_id)}: remove peer {peer.ip} {peer.mac}"
+        with self._lock(network_id), self._netns(network_id) as ns, _errors(what):
+            vxlan = _get_link(ns, names.VXLAN)
+            if vxlan is None:
+                return
+            index = int(vxlan["index"])
+            # Only this exact peer: if the MAC has since moved to another VTEP,
+            # this is stale news and the newer entries stay.
+            remotes = _fdb_remotes(ns, index).get(peer.mac)
+            ours = remotes is not None and str(peer.vtep) in remotes
+            neighbours = _neighbours(ns, index)
+            if neighbours.get(peer.ip) == peer.mac and (ours or remotes is None):
+                _ignore_gone(lambda: ns.neigh("del", ifindex=index, dst=str(peer.ip)))
+                del neighbours[peer.ip]
+            # The FDB entry goes with the last IP that uses the MAC (dual stack).
+            if ours and peer.mac not in neighbours.values():
+                _ignore_gone(
+                    lambda: ns.fdb(
+                        "del",
+                        ifindex=index,
+                        lladdr=peer.mac,
+                        dst=str(peer.vtep),
+                        state=NUD_PERMANENT | NUD_NOARP,
+                        flags=NTF_SELF,
+                    )
+                )
+
+    def peers(self, network_id: str) -> set[Peer]:
+        if not nsfs.is_netns(self._path(network_id)):
+            return set()
+        what = f"network {names.short(network_id)}: list peers"
+        with self._lock(network_id), self._netns(network_id) as ns, _errors(what):
+            vxlan = _get_link(ns, names.VXLAN)
+            return set() if vxlan is None else _read_peers(ns, int(vxlan["index"]))
+
+    # -- reconciliation ----------------------------------------------------
+
+    def remove_orphan_links(self, keep_endpoint_ids: set[str]) -> list[str]:
+        """Veth ends of unknown endpoints and staging VXLAN devices in the host namespace.
+
+        Deleting a host-side veth also deletes its bridge side in the network
+        namespace. Names of ours that match neither pattern are left alone.
+        Meant for start-up reconciliation: an endpoint created concurrently and
+        missing from ``keep`` would be taken for an orphan.
+        """
+        keep = {names.short(e) for e in keep_endpoint_ids}
+        deleted: list[str] = []
+        with self._staging_lock, self._host() as host, _errors("remove orphan links"):
+            for link in host.link("dump"):
+                name = link.get("ifname") or ""
+                if not names.is_ours(name):
+                    continue
+                veth = _VETH.match(name)
+                orphan = (veth and veth.group(2) not in keep) or _STAGING.match(name)
+                if orphan and _delete_link(host, int(link["index"])):
+                    deleted.append(name)
+        return sorted(deleted)
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Turn netlink and OS errors into KernelError naming the object."""
+    try:
+        yield
+    except KernelError:
+        raise
+    except NetlinkError as exc:
+        raise KernelError(f"{what}: {os.strerror(exc.code)} (errno {exc.code})") from exc
+    except OSError as exc:
+        code = exc.errno or 0
+        raise KernelError(f"{what}: {os.strerror(code) if code else exc}") from exc
+
+
+def _ipr_on(sock: socket.socket) -> Handle:
+    fd = sock.detach()
+    try:
+        return IPRoute(fileno=fd, groups=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _family(addr: IPAddress) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
+
+
+def _kind(link: Msg) -> str | None:
+    kind = link.get(("linkinfo", "kind"))
+    return str(kind) if kind is not None else None
+
+
+def _get_link(ipr: Handle, name: str) -> Msg | None:
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code in _GONE:
+            return None
+        raise
+
+
+def _must_link(ipr: Handle, name: str) -> Msg:
+    """A link we have just created or moved; its absence is a kernel surprise worth reporting."""
+    link = _get_link(ipr, name)
+    if link is None:
+        raise KernelError(f"{name} is missing right after it was created")
+    return link
+
+
+def _get_link_by_index(ipr: Handle, index: int) -> Msg | None:
+    try:
+        return ipr.link("get", index=index)[0]
+    except NetlinkError as exc:
+        if exc.code in _GONE:
+            return None
+        raise
+
+
+def _delete_link(ipr: Handle, index: int) -> bool:
+    """Delete a link; False if it was already gone."""
+    try:
+        ipr.link("del", index=index)
+        return True
+    except NetlinkError as exc:
+        if exc.code in _GONE:
+            return False
+        raise
+
+
+def _delete_quietly(ipr: Handle, index: int) -> None:
+    """Undo step: best effort, the original error is the one worth reporting."""
+    with suppress(NetlinkError, OSError):
+        _delete_link(ipr, index)
+
+
+def _ignore_gone(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except NetlinkError as exc:
+        if exc.code not in _GONE:
+            raise
+
+
+def _set_up(ipr: Handle, name: str, what: str) -> None:
+    with _errors(what):
+        link = _get_link(ipr, name)
+        if link is None:
+            raise KernelError(f"{what}: missing")
+        if not link["flags"] & IFF_UP:
+            ipr.link("set", index=link["index"], state="up")
+
+
+def _default_route_oif(ipr: Handle, family: int) -> int | None:
+    for route in ipr.route("dump", table=MAIN_TABLE, family=family):
+        if route.get("dst_len") or route.get("table") != MAIN_TABLE:
+            continue
+        oif = route.get("oif")
+        if oif:
+            return int(oif)
+        for hop in route.get("multipath") or ():
+            if hop.get("oif"):
+                return int(hop["oif"])
+    return None
+
+
+def _ensure_addresses(ipr: Handle, index: int, wanted: set[IPInterface]) -> None:
+    present: set[IPInterface] = set()
+    for msg in ipr.addr("dump", index=index):
+        if msg.get("index") != index:
+            continue
+        iface = ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
+        if iface.version == 6 and iface.ip.is_link_local:
+            continue  # the kernel's own; not ours to manage
+        present.add(iface)
+    for iface in present - wanted:
+        try:
+            ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NetlinkError as exc:
+            if exc.code not in (*_GONE, errno.EADDRNOTAVAIL):
+                raise
+    for iface in sorted(wanted - present, key=str):
+        try:
+            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+
+def _vxlan_matches(link: Msg, spec: NetworkSpec) -> bool:
+    if _kind(link) != "vxlan":
+        return False
+    data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
+    if local in ("0.0.0.0", "::"):
+        local = None
+    wanted_local = str(spec.local_vtep) if spec.local_vtep is not None else None
+    return bool(
+        data.get_attr("IFLA_VXLAN_ID") == spec.vni
+        and data.get_attr("IFLA_VXLAN_PORT") == spec.vxlan_port
+        and local == wanted_local
+        and not data.get_attr("IFLA_VXLAN_LEARNING")
+        and data.get_attr("IFLA_VXLAN_PROXY")
+        and not data.get_attr("IFLA_VXLAN_L2MISS")
+        and not data.get_attr("IFLA_VXLAN_L3MISS")
+    )
+
+
+def _program_peer(ipr: Handle, vxlan: int, peer: Peer) -> None:
+    # NLM_F_REPLACE: a MAC that moved to another VTEP, or an IP that now has
+    # another MAC, is overwritten instead of failing with EEXIST.
+    ipr.fdb(
+        "replace",
+        ifindex=vxlan,
+        lladdr=peer.mac,
+        dst=str(peer.vtep),
+        state=NUD_PERMANENT | NUD_NOARP,
+        flags=NTF_SELF,
+    )
+    ipr.neigh(
+        "replace",
+        ifindex=vxlan,
+        dst=str(peer.ip),
+        lladdr=peer.mac,
+        state=NUD_PERMANENT,
+    )
+
+
+def _fdb_remotes(ipr: Handle, vxlan: int) -> dict[str, set[str]]:
+    remotes: dict[str, set[str]] = {}
+    for entry in ipr.fdb("dump", ifindex=vxlan):
+        dst = entry.get("dst")
+        if entry.get("ifindex") == vxlan and dst and entry.get("flags", 0) & NTF_SELF:
+            remotes.setdefault(str(entry.get("lladdr")).lower(), set()).add(str(dst))
+    return remotes
+
+
+def _neighbours(ipr: Handle, vxlan: int) -> dict[IPAddress, str]:
+    found: dict[IPAddress, str] = {}
+    for entry in ipr.neigh("dump", ifindex=vxlan):
+        if (
+            entry.get("ifindex") == vxlan
+            and entry.get("family") in (socket.AF_INET, socket.AF_INET6)
+            and entry.get("state", 0) & NUD_PERMANENT
+            and entry.get("lladdr")
+        ):
+            found[ipaddress.ip_address(entry.get("dst"))] = str(entry.get("lladdr")).lower()
+    return found
+
+
+def _read_peers(ipr: Handle, vxlan: int) -> set[Peer]:
+    """Peers are the join of the neighbour table (IP -> MAC) and the FDB (MAC -> VTEP)."""
+    remotes = _fdb_remotes(ipr, vxlan)
+    return {
+        Peer(ip=ip, mac=mac, vtep=ipaddress.ip_address(vtep))
+        for ip, mac in _neighbours(ipr, vxlan).items()
+        for vtep in remotes.get(mac, ())
+    }

@@ -1,0 +1,138 @@
+"""Named network namespaces bind-mounted under a directory of our choice.
+
+``ip netns`` and ``pyroute2.netns`` keep namespaces in /var/run/netns and fork a
+child for every operation. We keep ours under a directory given by the caller
+(/run/swarmnet/netns in the plugin, a temporary directory in tests) and use short
+threads instead of forks: ``unshare(CLONE_NEWNET)`` and ``setns`` change only the
+calling thread, so a throwaway thread can create a namespace or open a socket in
+one without touching the rest of the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(result: int, what: str, path: Path | str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}", str(path))
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread that dies afterwards, taking its namespace changes with it."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="swarmnet-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _enter(path: Path) -> None:
+    """Move the calling thread into the namespace bound at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), "setns", path)
+    finally:
+        os.close(fd)
+
+
+def is_netns(path: Path) -> bool:
+    """True if ``path`` is a bind mount of a network namespace (not merely a file)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except FileNotFoundError:
+        return False
+
+
+def create(path: Path) -> None:
+    """Create a new network namespace and bind it at ``path`` (which must not exist)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+
+    def make() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare", path)
+        source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        _check(_libc.mount(source, bytes(path), None, MS_BIND, None), "mount", path)
+
+    try:
+        _in_thread(make)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def remove(path: Path) -> None:
+    """Unbind and delete ``path``; the namespace dies when nothing else holds it."""
+    if _libc.umount2(bytes(path), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        # EINVAL: not a mount point (a file left half-made); ENOENT: already gone.
+        if code not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(code, f"umount: {os.strerror(code)}", str(path))
+    path.unlink(missing_ok=True)
+
+
+def open_fd(path: Path) -> int:
+    """An fd referring to the namespace, e.g. for IFLA_NET_NS_FD. The caller closes it."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def socket_in(
+    path: Path,
+    family: int = socket.AF_NETLINK,
+    kind: int = socket.SOCK_DGRAM,
+    proto: int = 0,
+) -> socket.socket:
+    """A socket in the namespace at ``path``: a socket keeps the namespace it was born in."""
+
+    def make() -> socket.socket:
+        _enter(path)
+        return socket.socket(family, kind, proto)
+
+    return _in_thread(make)
+
+
+def run_in(path: Path, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread inside the namespace at ``path`` and return its result."""
+
+    def wrapped() -> T:
+        _enter(path)
+        return fn()
+
+    return _in_thread(wrapped)

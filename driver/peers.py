@@ -1,0 +1,138 @@
+"""Remote endpoints: publishing ours, and programming everyone else's.
+
+A remote driver gets none of Docker's gossip, so endpoints are published in a
+shared store (etcd) and every node watches the networks it has. The ControlPlane
+port hands the driver *level-triggered* snapshots: the full set of endpoints of
+a network as the store says now. The driver then diffs that against what the
+kernel holds and adds what is missing and removes what is stale. Late,
+duplicated or reordered watch events therefore cannot leave a wrong entry
+behind: the next snapshot corrects it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from driver import names
+from driver.kernel.port import IPAddress, Kernel, Peer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """One endpoint as the rest of the swarm sees it."""
+
+    network_id: str
+    endpoint_id: str
+    ip: IPAddress
+    mac: str
+    vtep: IPAddress
+
+    def peer(self) -> Peer:
+        return Peer(ip=self.ip, mac=self.mac, vtep=self.vtep)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "network_id": self.network_id,
+                "endpoint_id": self.endpoint_id,
+                "ip": str(self.ip),
+                "mac": self.mac,
+                "vtep": str(self.vtep),
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PeerRecord:
+        d: dict[str, Any] = json.loads(raw)
+        return cls(
+            network_id=d["network_id"],
+            endpoint_id=d["endpoint_id"],
+            ip=ipaddress.ip_address(d["ip"]),
+            mac=d["mac"],
+            vtep=ipaddress.ip_address(d["vtep"]),
+        )
+
+
+Snapshot = Mapping[str, PeerRecord]  # endpoint ID -> record, every node's endpoints
+OnSnapshot = Callable[[str, Snapshot], None]  # (network ID, snapshot)
+
+
+class ControlPlane(Protocol):
+    def start(self, on_snapshot: OnSnapshot) -> None:
+        """Begin delivering snapshots for watched networks to ``on_snapshot``."""
+        ...
+
+    def watch(self, network_id: str) -> None:
+        """Deliver snapshots of this network (the first one soon, then on every change)."""
+        ...
+
+    def unwatch(self, network_id: str) -> None: ...
+
+    def publish(self, record: PeerRecord) -> None:
+        """Make this endpoint known to every node, bound to this node's liveness.
+
+        If the store is unreachable the record is kept and published when it
+        is back; this never raises for an outage.
+        """
+        ...
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalControlPlane:
+    """One host, no shared store: there are no remote endpoints to learn."""
+
+    def start(self, on_snapshot: OnSnapshot) -> None:
+        return None
+
+    def watch(self, network_id: str) -> None:
+        return None
+
+    def unwatch(self, network_id: str) -> None:
+        return None
+
+    def publish(self, record: PeerRecord) -> None:
+        return None
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def converge(
+    kernel: Kernel, network_id: str, snapshot: Snapshot, local_vtep: IPAddress | None
+) -> tuple[int, int]:
+    """Make the network's FDB and neighbour entries equal the snapshot's remote endpoints.
+
+    Endpoints on this node (same VTEP) are local and need no entry. Returns
+    (added, removed). The caller holds the network's lock.
+    """
+    want = {r.peer() for r in snapshot.values() if r.vtep != local_vtep}
+    have = kernel.peers(network_id)
+    stale = have - want
+    missing = want - have
+    for peer in stale:
+        kernel.remove_peer(network_id, peer)
+    for peer in missing:
+        kernel.ensure_peer(network_id, peer)
+    if stale or missing:
+        log.info(
+            "network %s: peers +%d -%d (now %d)",
+            names.short(network_id),
+            len(missing),
+            len(stale),
+            len(want),
+        )
+    return len(missing), len(stale)

@@ -1,0 +1,433 @@
+"""The network-driver use cases: libnetwork's remote NetworkDriver protocol, typed.
+
+Each public method serves one protocol call and is idempotent, because Docker
+retries. Kernel work for one network runs under that network's lock, so the
+bridge, veths and peers of a network are never programmed by two threads at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from driver import mac as macs
+from driver import names
+from driver.config import VXLAN_OVERHEAD, DriverConfig
+from driver.errors import InvalidArgument, UnknownObject, Unsupported
+from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec
+from driver.messages import (
+    AllocateNetwork,
+    CreateEndpoint,
+    CreateNetwork,
+    Join,
+    JoinReply,
+    NodeDiscovery,
+)
+from driver.peers import ControlPlane, LocalControlPlane, PeerRecord, Snapshot, converge
+from driver.ports import KV
+from driver.records import (
+    ENDPOINTS_PREFIX,
+    NETWORKS_PREFIX,
+    NODE_KEY,
+    EndpointRecord,
+    NetworkRecord,
+    NodeRecord,
+    endpoint_key,
+    endpoint_prefix,
+    network_key,
+)
+from driver.vni import VniAllocator, parse_vni
+
+log = logging.getLogger(__name__)
+
+OPT_VNI = "swarmnet.vni"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ENCRYPTED = "encrypted"
+MIN_MTU = 576  # smallest MTU that still carries an IPv4 datagram without fragmentation rules biting
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    scope: str
+    connectivity_scope: str
+
+
+class NetworkDriverService:
+    def __init__(
+        self,
+        config: DriverConfig,
+        kernel: Kernel,
+        local: KV,
+        shared: KV,
+        control: ControlPlane | None = None,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.local = local
+        self.control: ControlPlane = control if control is not None else LocalControlPlane()
+        self.vnis = VniAllocator(shared, config.vni_range)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- helpers -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, network_id: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(network_id, threading.Lock())
+        with lock:
+            yield
+
+    def _network(self, network_id: str) -> NetworkRecord | None:
+        raw = self.local.get(network_key(network_id))
+        return None if raw is None else NetworkRecord.from_json(raw)
+
+    def _require_network(self, network_id: str) -> NetworkRecord:
+        net = self._network(network_id)
+        if net is None:
+            raise UnknownObject(f"NetworkID: unknown network {names.short(network_id)}")
+        return net
+
+    def _endpoint(self, network_id: str, endpoint_id: str) -> EndpointRecord | None:
+        raw = self.local.get(endpoint_key(network_id, endpoint_id))
+        return None if raw is None else EndpointRecord.from_json(raw)
+
+    def _require_endpoint(self, network_id: str, endpoint_id: str) -> EndpointRecord:
+        ep = self._endpoint(network_id, endpoint_id)
+        if ep is None:
+            raise UnknownObject(
+                f"EndpointID: unknown endpoint {names.short(endpoint_id)} "
+                f"on network {names.short(network_id)}"
+            )
+        return ep
+
+    def node(self) -> NodeRecord:
+        raw = self.local.get(NODE_KEY)
+        return NodeRecord.from_json(raw) if raw else NodeRecord()
+
+    def _vtep(self) -> NodeRecord:
+        if self.config.data_path_addr is not None:
+            return NodeRecord(vtep=self.config.data_path_addr)
+        return self.node()
+
+    def _spec(self, net: NetworkRecord) -> NetworkSpec:
+        return NetworkSpec(
+            network_id=net.network_id,
+            vni=net.vni,
+            mtu=net.mtu,
+            vxlan_port=self.config.vxlan_port,
+            bridge_addresses=net.gateways,
+            local_vtep=self._vtep().vtep,
+        )
+
+    def _peer_record(self, ep: EndpointRecord) -> PeerRecord | None:
+        vtep = self._vtep().vtep
+        iface = ep.address or ep.address_v6
+        if vtep is None or iface is None:
+            return None
+        return PeerRecord(
+            network_id=ep.network_id,
+            endpoint_id=ep.endpoint_id,
+            ip=iface.ip,
+            mac=ep.mac,
+            vtep=vtep,
+        )
+
+    def _publish(self, ep: EndpointRecord) -> None:
+        record = self._peer_record(ep)
+        if record is None:
+            log.warning(
+                "endpoint %s: not published: this node's data-path address is not known yet",
+                names.short(ep.endpoint_id),
+            )
+            return
+        self.control.publish(record)
+
+    def _on_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
+        with self._locked(network_id):
+            if self._network(network_id) is None:
+                return
+            converge(self.kernel, network_id, snapshot, self._vtep().vtep)
+
+    def _mtu(self, options: Mapping[str, str]) -> int:
+        raw = options.get(OPT_MTU)
+        if raw not in (None, ""):
+            assert raw is not None
+            try:
+                mtu = int(raw)
+            except ValueError:
+                raise InvalidArgument(f"{OPT_MTU}: {raw!r} is not an integer") from None
+            if not MIN_MTU <= mtu <= 65535:
+                raise InvalidArgument(f"{OPT_MTU}: {mtu} is outside {MIN_MTU}-65535")
+            return mtu
+        underlay = self.config.mtu or self.kernel.underlay_mtu(self._vtep().vtep)
+        return underlay - VXLAN_OVERHEAD
+
+    @staticmethod
+    def _encrypted(options: Mapping[str, str]) -> bool:
+        if OPT_ENCRYPTED not in options:
+            return False
+        value = options[OPT_ENCRYPTED].strip().lower()
+        # `--opt encrypted` arrives with an empty value; anything but an explicit "false" means yes.
+        return value not in ("false", "0", "no", "off")
+
+    def _refuse_encryption(self, network_id: str) -> None:
+        # Fail closed: a network asked to be encrypted must never carry plaintext,
+        # and this build cannot encrypt yet.
+        raise Unsupported(
+            f"network {names.short(network_id)}: --opt encrypted is not supported by this "
+            "version of swarmnet-overlay; refusing to create the network rather than "
+            "carry its traffic in clear"
+        )
+
+    # -- protocol calls ------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(scope=self.config.scope, connectivity_scope=self.config.scope)
+
+    def allocate_network(self, req: AllocateNetwork) -> Mapping[str, str]:
+        """Swarm manager side: choose the VNI; every node's CreateNetwork gets it back."""
+        if self._encrypted(req.options):
+            self._refuse_encryption(req.network_id)
+        self._mtu(req.options)  # validate now, so a bad MTU fails `docker network create`
+        requested = req.options.get(OPT_VNI)
+        vni = self.vnis.allocate(
+            req.network_id, parse_vni(requested, OPT_VNI) if requested else None
+        )
+        log.info("network %s: allocated VNI %d", names.short(req.network_id), vni)
+        return MappingProxyType({**req.options, OPT_VNI: str(vni)})
+
+    def free_network(self, network_id: str) -> None:
+        vni = self.vnis.release(network_id)
+        if vni is None:
+            log.info("network %s: FreeNetwork for a network with no VNI", names.short(network_id))
+        else:
+            log.info("network %s: released VNI %d", names.short(network_id), vni)
+
+    def create_network(self, req: CreateNetwork) -> None:
+        if self._encrypted(req.options):
+            self._refuse_encryption(req.network_id)
+        requested = req.options.get(OPT_VNI)
+        vni_opt = parse_vni(requested, OPT_VNI) if requested else None
+        mtu = self._mtu(req.options)
+        with self._locked(req.network_id):
+            existing = self._network(req.network_id)
+            if existing is not None:
+                vni = existing.vni
+            elif vni_opt is not None and self.config.scope == "global":
+                # The manager chose it in AllocateNetwork; record it so it stays ours.
+                vni = self.vnis.allocate(req.network_id, vni_opt)
+            else:
+                vni = self.vnis.allocate(req.network_id, vni_opt)
+            net = NetworkRecord(
+                network_id=req.network_id,
+                vni=vni,
+                mtu=mtu,
+                internal=req.internal,
+                encrypted=False,
+                gateways=tuple(d.gateway for d in (*req.ipv4, *req.ipv6) if d.gateway),
+                options=MappingProxyType(dict(req.options)),
+            )
+            with contextlib.ExitStack() as undo:
+                self.kernel.ensure_network(self._spec(net))
+                undo.callback(self.kernel.remove_network, req.network_id)
+                self.local.put(network_key(req.network_id), net.to_json())
+                undo.pop_all()
+        self.control.watch(req.network_id)
+        log.info(
+            "network %s: created (VNI %d, MTU %d%s)",
+            names.short(req.network_id),
+            vni,
+            mtu,
+            ", internal" if req.internal else "",
+        )
+
+    def delete_network(self, network_id: str) -> None:
+        self.control.unwatch(network_id)
+        with self._locked(network_id):
+            net = self._network(network_id)
+            for key in self.local.list(endpoint_prefix(network_id)):
+                eid = key.rsplit("/", 1)[1]
+                log.warning(
+                    "network %s: deleting leftover endpoint %s",
+                    names.short(network_id),
+                    names.short(eid),
+                )
+                self.control.withdraw(network_id, eid)
+                self.kernel.remove_endpoint(network_id, eid)
+                self.local.delete(key)
+            self.kernel.remove_network(network_id)
+            self.local.delete(network_key(network_id))
+            if self.config.scope == "local" and net is not None:
+                # No FreeNetwork comes in local scope: the VNI is ours to release.
+                self.vnis.release(network_id)
+        if net is None:
+            log.info("network %s: DeleteNetwork for an unknown network", names.short(network_id))
+        else:
+            log.info("network %s: deleted", names.short(network_id))
+
+    def create_endpoint(self, req: CreateEndpoint) -> str | None:
+        """Record the endpoint. Returns the MAC to report to Docker, or None if Docker chose one."""
+        with self._locked(req.network_id):
+            self._require_network(req.network_id)
+            if req.address is None and req.address_v6 is None and req.mac is None:
+                raise InvalidArgument(
+                    "Interface: neither Address, AddressIPv6 nor MacAddress given"
+                )
+            if req.mac is not None:
+                mac = req.mac
+            else:
+                ip = req.address or req.address_v6
+                assert ip is not None
+                mac = macs.from_ip(ip.ip)
+            existing = self._endpoint(req.network_id, req.endpoint_id)
+            record = EndpointRecord(
+                network_id=req.network_id,
+                endpoint_id=req.endpoint_id,
+                mac=mac,
+                address=req.address,
+                address_v6=req.address_v6,
+                joined=existing.joined if existing else False,
+                sandbox_key=existing.sandbox_key if existing else "",
+            )
+            if existing is not None and existing != record:
+                log.warning(
+                    "endpoint %s: CreateEndpoint again with different data; keeping the new data",
+                    names.short(req.endpoint_id),
+                )
+            self.local.put(endpoint_key(req.network_id, req.endpoint_id), record.to_json())
+        log.info(
+            "endpoint %s: created on network %s (%s, %s)",
+            names.short(req.endpoint_id),
+            names.short(req.network_id),
+            req.address or req.address_v6,
+            mac,
+        )
+        return None if req.mac is not None else mac
+
+    def endpoint_info(self, network_id: str, endpoint_id: str) -> Mapping[str, object]:
+        ep = self._require_endpoint(network_id, endpoint_id)
+        net = self._require_network(network_id)
+        return {
+            "vni": net.vni,
+            "mtu": net.mtu,
+            "mac": ep.mac,
+            "address": str(ep.address) if ep.address else "",
+            "joined": ep.joined,
+            "bridge_veth": names.veth_bridge(endpoint_id),
+        }
+
+    def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        with self._locked(network_id):
+            ep = self._endpoint(network_id, endpoint_id)
+            self.control.withdraw(network_id, endpoint_id)
+            self.kernel.remove_endpoint(network_id, endpoint_id)
+            self.local.delete(endpoint_key(network_id, endpoint_id))
+        if ep is None:
+            log.info(
+                "endpoint %s: DeleteEndpoint for an unknown endpoint", names.short(endpoint_id)
+            )
+        else:
+            log.info("endpoint %s: deleted", names.short(endpoint_id))
+
+    def join(self, req: Join) -> JoinReply:
+        with self._locked(req.network_id):
+            net = self._require_network(req.network_id)
+            ep = self._require_endpoint(req.network_id, req.endpoint_id)
+            spec = EndpointSpec(
+                network_id=req.network_id, endpoint_id=req.endpoint_id, mac=ep.mac, mtu=net.mtu
+            )
+            with contextlib.ExitStack() as undo:
+                links = self.kernel.ensure_endpoint(spec)
+                undo.callback(self.kernel.remove_endpoint, req.network_id, req.endpoint_id)
+                joined = ep.with_join(req.sandbox_key)
+                self.local.put(endpoint_key(req.network_id, req.endpoint_id), joined.to_json())
+                undo.pop_all()
+            self._publish(joined)
+        log.info(
+            "endpoint %s: joined sandbox %s via %s",
+            names.short(req.endpoint_id),
+            req.sandbox_key,
+            links.host_side,
+        )
+        return JoinReply(src_name=links.host_side, dst_prefix="eth")
+
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        with self._locked(network_id):
+            ep = self._endpoint(network_id, endpoint_id)
+            self.control.withdraw(network_id, endpoint_id)
+            self.kernel.remove_endpoint(network_id, endpoint_id)
+            if ep is not None:
+                self.local.put(endpoint_key(network_id, endpoint_id), ep.with_leave().to_json())
+        log.info("endpoint %s: left", names.short(endpoint_id))
+
+    def discover_new(self, node: NodeDiscovery) -> None:
+        if not node.self_node:
+            log.debug("DiscoverNew for remote node %s ignored", node.address)
+            return
+        current = self.node()
+        if current.vtep == node.address:
+            return
+        self.local.put(NODE_KEY, NodeRecord(vtep=node.address).to_json())
+        log.info("this node's data-path address is %s", node.address)
+        if self.config.data_path_addr is None:
+            # Endpoints published before we knew our address (or under an old one).
+            for ep in self._joined_endpoints():
+                self._publish(ep)
+
+    def _joined_endpoints(self) -> list[EndpointRecord]:
+        eps = (EndpointRecord.from_json(raw) for raw in self.local.list(ENDPOINTS_PREFIX).values())
+        return [ep for ep in eps if ep.joined]
+
+    def discover_delete(self, node: NodeDiscovery) -> None:
+        log.debug("DiscoverDelete for node %s", node.address)
+
+    # -- start-up ------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make the kernel match the store; remove what we own that the store does not know.
+
+        Returns a line per change, which the caller logs.
+        """
+        changes: list[str] = []
+        nets: dict[str, NetworkRecord] = {}
+        for raw in self.local.list(NETWORKS_PREFIX).values():
+            net = NetworkRecord.from_json(raw)
+            nets[names.short(net.network_id)] = net
+        present = self.kernel.network_ids()
+        for short_id, net in nets.items():
+            with self._locked(net.network_id):
+                if short_id not in present:
+                    changes.append(f"network {short_id}: recreated its namespace (VNI {net.vni})")
+                self.kernel.ensure_network(self._spec(net))
+        for short_id in sorted(present - set(nets)):
+            # network_ids() gives short IDs; remove_network only needs the prefix.
+            self.kernel.remove_network(short_id)
+            changes.append(f"network {short_id}: removed orphan namespace")
+        joined: set[str] = set()
+        for net in nets.values():
+            stored = {
+                names.short(EndpointRecord.from_json(v).endpoint_id): EndpointRecord.from_json(v)
+                for v in self.local.list(endpoint_prefix(net.network_id)).values()
+            }
+            joined |= {k for k, ep in stored.items() if ep.joined}
+            for short_eid in sorted(self.kernel.endpoint_ids(net.network_id)):
+                ep = stored.get(short_eid)
+                if ep is None or not ep.joined:
+                    self.kernel.remove_endpoint(net.network_id, short_eid)
+                    changes.append(
+                        f"endpoint {short_eid}: removed orphan veth from network "
+                        f"{names.short(net.network_id)}"
+                    )
+        for link in self.kernel.remove_orphan_links(joined):
+            changes.append(f"link {link}: removed orphan")
+        self.control.start(self._on_snapshot)
+        for net in nets.values():
+            self.control.watch(net.network_id)
+        for ep in self._joined_endpoints():
+            self._publish(ep)
+        return changes

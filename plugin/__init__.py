@@ -1,0 +1,1 @@
+"""Protocol server and composition root of swarmnet-overlay."""

@@ -1,0 +1,301 @@
+"""The one validation point: libnetwork's JSON in, typed messages out, and back.
+
+Docker sends no Content-Type and argument-less calls come with an empty body,
+so bodies are parsed by hand. Every field we use is checked, and an error names
+it; fields we do not use are ignored, because newer dockerds add some.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from driver import mac as macs
+from driver import names
+from driver.kernel.port import IPAddress, IPInterface, IPNetwork
+from driver.messages import (
+    AllocateNetwork,
+    CreateEndpoint,
+    CreateNetwork,
+    IPData,
+    Join,
+    NodeDiscovery,
+)
+from ipam.messages import AddressRequest, PoolRequest
+
+GENERIC = "com.docker.network.generic"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"
+NODE_DISCOVERY = 1
+
+T = TypeVar("T")
+
+
+class BadRequest(Exception):
+    """The body is not what the protocol says. The message names the field."""
+
+    http_status = 400
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+class Fields:
+    """Typed access to one JSON object, with the path of each field for error messages."""
+
+    def __init__(self, data: Mapping[str, Any], path: str = "") -> None:
+        self.data = data
+        self.path = path
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str, kind: type[T], required: bool) -> T | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise BadRequest(f"{self._name(key)}: missing")
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BadRequest(
+                f"{self._name(key)}: expected {kind.__name__}, got {type(value).__name__}"
+            )
+        return value
+
+    def string(self, key: str, required: bool = True) -> str:
+        value = self._get(key, str, required)
+        return value or ""
+
+    def boolean(self, key: str) -> bool:
+        return bool(self._get(key, bool, False))
+
+    def integer(self, key: str) -> int:
+        value = self._get(key, int, True)
+        assert value is not None
+        return value
+
+    def object(self, key: str, required: bool = False) -> Fields:
+        return Fields(self._get(key, dict, required) or {}, self._name(key))
+
+    def objects(self, key: str) -> list[Fields]:
+        items = self._get(key, list, False) or []
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise BadRequest(f"{self._name(key)}[{i}]: expected object")
+            out.append(Fields(item, f"{self._name(key)}[{i}]"))
+        return out
+
+    def str_map(self, key: str) -> Mapping[str, str]:
+        """A map of strings; numbers and booleans are accepted as their JSON text."""
+        raw = self._get(key, dict, False) or {}
+        out: dict[str, str] = {}
+        for k, v in raw.items():
+            if isinstance(v, str):
+                out[k] = v
+            elif isinstance(v, bool):
+                out[k] = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                out[k] = str(v)
+            else:
+                raise BadRequest(f"{self._name(key)}.{k}: expected a string value")
+        return MappingProxyType(out)
+
+    def object_id(self, key: str) -> str:
+        value = self.string(key)
+        if not names.is_object_id(value):
+            raise BadRequest(f"{self._name(key)}: {value!r} is not a Docker object ID")
+        return value
+
+    def network(self, key: str, required: bool = True) -> IPNetwork | None:
+        value = self.string(key, required)
+        if not value:
+            if required:
+                raise BadRequest(f"{self._name(key)}: missing")
+            return None
+        try:
+            return ipaddress.ip_network(value, strict=True)
+        except ValueError as e:
+            raise BadRequest(f"{self._name(key)}: {value!r} is not a CIDR subnet ({e})") from None
+
+    def interface(self, key: str) -> IPInterface | None:
+        value = self.string(key, False)
+        if not value:
+            return None
+        try:
+            if "/" not in value:
+                raise ValueError("no prefix length")
+            return ipaddress.ip_interface(value)
+        except ValueError:
+            raise BadRequest(
+                f"{self._name(key)}: {value!r} is not an address with prefix length (a.b.c.d/n)"
+            ) from None
+
+    def address(self, key: str, required: bool = False) -> IPAddress | None:
+        value = self.string(key, required)
+        if not value:
+            return None
+        try:
+            # Docker sometimes sends CIDR form where a plain address is meant.
+            return ipaddress.ip_interface(value).ip
+        except ValueError:
+            raise BadRequest(f"{self._name(key)}: {value!r} is not an IP address") from None
+
+    def mac(self, key: str) -> str | None:
+        value = self.string(key, False)
+        if not value:
+            return None
+        try:
+            return macs.normalise(value)
+        except ValueError as e:
+            raise BadRequest(f"{self._name(key)}: {e}") from None
+
+
+# -- NetworkDriver -------------------------------------------------------------
+
+
+def _ip_data(items: list[Fields]) -> tuple[IPData, ...]:
+    out = []
+    for f in items:
+        pool = f.network("Pool")
+        assert pool is not None
+        aux_f = f.object("AuxAddresses")
+        aux = {name: a for name in aux_f.data if (a := aux_f.interface(name)) is not None}
+        out.append(
+            IPData(
+                pool=pool,
+                gateway=f.interface("Gateway"),
+                address_space=f.string("AddressSpace", False),
+                aux_addresses=MappingProxyType(aux),
+            )
+        )
+    return tuple(out)
+
+
+def network_id(body: dict[str, Any]) -> str:
+    return Fields(body).object_id("NetworkID")
+
+
+def endpoint_ids(body: dict[str, Any]) -> tuple[str, str]:
+    f = Fields(body)
+    return f.object_id("NetworkID"), f.object_id("EndpointID")
+
+
+def allocate_network(body: dict[str, Any]) -> AllocateNetwork:
+    f = Fields(body)
+    return AllocateNetwork(
+        network_id=f.object_id("NetworkID"),
+        options=f.str_map("Options"),
+        ipv4=_ip_data(f.objects("IPv4Data")),
+        ipv6=_ip_data(f.objects("IPv6Data")),
+    )
+
+
+def _flag(options: Fields, generic: Mapping[str, str], key: str) -> bool:
+    value = options.data.get(key, generic.get(key))
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, str) and value.lower() in ("true", "false", ""):
+        return value.lower() == "true"
+    raise BadRequest(f"Options.{key}: expected a boolean, got {value!r}")
+
+
+def create_network(body: dict[str, Any]) -> CreateNetwork:
+    f = Fields(body)
+    options = f.object("Options")
+    generic = options.str_map(GENERIC)
+    return CreateNetwork(
+        network_id=f.object_id("NetworkID"),
+        options=generic,
+        ipv4=_ip_data(f.objects("IPv4Data")),
+        ipv6=_ip_data(f.objects("IPv6Data")),
+        internal=_flag(options, generic, INTERNAL),
+        enable_ipv6=_flag(options, generic, ENABLE_IPV6),
+    )
+
+
+def create_endpoint(body: dict[str, Any]) -> CreateEndpoint:
+    f = Fields(body)
+    iface = f.object("Interface")
+    return CreateEndpoint(
+        network_id=f.object_id("NetworkID"),
+        endpoint_id=f.object_id("EndpointID"),
+        address=iface.interface("Address"),
+        address_v6=iface.interface("AddressIPv6"),
+        mac=iface.mac("MacAddress"),
+    )
+
+
+def join(body: dict[str, Any]) -> Join:
+    f = Fields(body)
+    return Join(
+        network_id=f.object_id("NetworkID"),
+        endpoint_id=f.object_id("EndpointID"),
+        sandbox_key=f.string("SandboxKey"),
+    )
+
+
+def discovery(body: dict[str, Any]) -> NodeDiscovery | None:
+    """A node discovery, or None for discovery types we do not use."""
+    f = Fields(body)
+    if f.integer("DiscoveryType") != NODE_DISCOVERY:
+        return None
+    data = f.object("DiscoveryData", required=True)
+    addr = data.address("Address", required=True)
+    assert addr is not None
+    return NodeDiscovery(
+        address=addr, self_node=data.boolean("Self"), bind_address=data.address("BindAddress")
+    )
+
+
+# -- IpamDriver -----------------------------------------------------------------
+
+
+def request_pool(body: dict[str, Any]) -> PoolRequest:
+    f = Fields(body)
+    pool = f.network("Pool", required=False)
+    sub_pool = f.network("SubPool", required=False)
+    v6 = f.boolean("V6")
+    if pool is not None and (pool.version == 6) != v6:
+        raise BadRequest(f"Pool: {pool} is IPv{pool.version} but V6 is {str(v6).lower()}")
+    return PoolRequest(
+        address_space=f.string("AddressSpace", False),
+        pool=pool,
+        sub_pool=sub_pool,
+        options=f.str_map("Options"),
+        v6=v6,
+    )
+
+
+def pool_id(body: dict[str, Any]) -> str:
+    value = Fields(body).string("PoolID")
+    if not value:
+        raise BadRequest("PoolID: missing")
+    return value
+
+
+def request_address(body: dict[str, Any]) -> AddressRequest:
+    f = Fields(body)
+    return AddressRequest(
+        pool_id=pool_id(body), address=f.address("Address"), options=f.str_map("Options")
+    )
+
+
+def release_address(body: dict[str, Any]) -> tuple[str, IPAddress]:
+    addr = Fields(body).address("Address", required=True)
+    assert addr is not None
+    return pool_id(body), addr

@@ -1,0 +1,305 @@
+"""The etcd control plane: publish our endpoints, watch everyone's.
+
+Layout under the versioned prefix:
+
+    /swarmnet/v1/nodes/<vtep>                this node is alive (on its lease)
+    /swarmnet/v1/peers/<network>/<endpoint>  one endpoint: IP, MAC, VTEP (on its node's lease)
+
+Every key a node writes hangs off one etcd lease with TTL = PEER_TTL. A node
+that dies stops refreshing it; etcd then deletes its keys and every watcher
+removes the dead node's FDB and neighbour entries, within the TTL.
+
+Two threads: the *keeper* holds the lease and (re)publishes what this node
+owns; the *watcher* lists the peers prefix, then follows a watch stream from
+the listed revision and hands level-triggered snapshots to the driver. Any
+error in either leads to a re-list / re-publish, so an etcd outage or a lost
+watch ends with the store and the kernel converged again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from driver import names
+from driver.peers import OnSnapshot, PeerRecord
+from plugin.store.etcd import EtcdKV, StoreUnavailable, b64, prefix_end
+
+log = logging.getLogger(__name__)
+
+ROOT = "/swarmnet/v1"
+PEERS = f"{ROOT}/peers/"
+NODES = f"{ROOT}/nodes/"
+
+
+def peer_key(network_id: str, endpoint_id: str) -> str:
+    return f"{PEERS}{network_id}/{endpoint_id}"
+
+
+class EtcdControlPlane:
+    def __init__(self, kv: EtcdKV, ttl: int, node: str) -> None:
+        self.kv = kv
+        self.ttl = ttl
+        self.node = node
+        self._lock = threading.Lock()
+        self._published: dict[tuple[str, str], PeerRecord] = {}
+        self._pending_deletes: set[tuple[str, str]] = set()
+        self._dirty = True  # something we own may be missing from etcd
+        self._lease: int | None = None
+        self._state: dict[str, dict[str, PeerRecord]] = {}
+        self._watched: set[str] = set()
+        self._on_snapshot: OnSnapshot | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._stream: Any = None
+        self._threads: list[threading.Thread] = []
+        self.connected = threading.Event()
+
+    # -- port --------------------------------------------------------------
+
+    def start(self, on_snapshot: OnSnapshot) -> None:
+        if self._threads:
+            return
+        self._on_snapshot = on_snapshot
+        for target, name in ((self._keeper, "swarmnet-keeper"), (self._watcher, "swarmnet-watch")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def watch(self, network_id: str) -> None:
+        with self._lock:
+            self._watched.add(network_id)
+        self._deliver(network_id)
+
+    def unwatch(self, network_id: str) -> None:
+        with self._lock:
+            self._watched.discard(network_id)
+
+    def publish(self, record: PeerRecord) -> None:
+        key = (record.network_id, record.endpoint_id)
+        with self._lock:
+            self._published[key] = record
+            self._pending_deletes.discard(key)
+            lease = self._lease
+        try:
+            if lease is None:
+                raise StoreUnavailable("no lease yet")
+            self.kv.put(peer_key(*key), record.to_json(), lease=lease)
+        except StoreUnavailable as e:
+            log.warning(
+                "endpoint %s: publishing deferred until etcd is back (%s)",
+                names.short(record.endpoint_id),
+                e,
+            )
+            self._mark_dirty()
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        key = (network_id, endpoint_id)
+        with self._lock:
+            self._published.pop(key, None)
+        try:
+            self.kv.delete(peer_key(*key))
+        except StoreUnavailable:
+            log.warning(
+                "endpoint %s: withdrawal deferred until etcd is back", names.short(endpoint_id)
+            )
+            with self._lock:
+                self._pending_deletes.add(key)
+            self._mark_dirty()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._close_stream()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    # -- keeper ------------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        with self._lock:
+            self._dirty = True
+        self._wake.set()
+
+    def _grant(self) -> int:
+        result = self.kv.call(
+            lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": self.ttl, "ID": 0})
+        )
+        return int(result["ID"])
+
+    def _keepalive(self, lease: int) -> int:
+        result = self.kv.call(lambda c: c.post(c.get_url("/lease/keepalive"), json={"ID": lease}))
+        return int(result.get("result", {}).get("TTL", -1))
+
+    def _republish(self, lease: int) -> None:
+        with self._lock:
+            records = list(self._published.values())
+            deletes = set(self._pending_deletes)
+        self.kv.put(
+            NODES + self.node,
+            json.dumps({"node": self.node, "ttl": self.ttl}).encode(),
+            lease=lease,
+        )
+        for rec in records:
+            self.kv.put(peer_key(rec.network_id, rec.endpoint_id), rec.to_json(), lease=lease)
+        for key in deletes:
+            self.kv.delete(peer_key(*key))
+        with self._lock:
+            self._pending_deletes -= deletes
+        log.info("control plane: published %d endpoint(s) under lease %x", len(records), lease)
+
+    def _keeper(self) -> None:
+        interval = max(1.0, self.ttl / 3)
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    lease, dirty = self._lease, self._dirty
+                if lease is not None and self._keepalive(lease) <= 0:
+                    log.warning("control plane: lease %x expired; publishing again", lease)
+                    lease = None
+                if lease is None:
+                    lease = self._grant()
+                    dirty = True
+                if dirty:
+                    with self._lock:
+                        self._lease, self._dirty = lease, False
+                    self._republish(lease)
+                else:
+                    with self._lock:
+                        self._lease = lease
+                if not self.connected.is_set():
+                    log.info("control plane: connected to etcd")
+                self.connected.set()
+            except StoreUnavailable as e:
+                if self.connected.is_set():
+                    log.warning("control plane: etcd unreachable: %s", e)
+                self.connected.clear()
+                with self._lock:
+                    self._dirty = True
+                # A stream cut off without a FIN would otherwise hang the watcher.
+                self._close_stream()
+            except Exception:
+                log.exception("control plane: keeper error")
+                with self._lock:
+                    self._dirty = True
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    # -- watcher -----------------------------------------------------------
+
+    def _deliver(self, network_id: str) -> None:
+        with self._lock:
+            if network_id not in self._watched or self._on_snapshot is None:
+                return
+            snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
+            callback = self._on_snapshot
+        try:
+            callback(network_id, snapshot)
+        except Exception:
+            log.exception("network %s: programming peers failed", names.short(network_id))
+
+    def _list(self) -> int:
+        payload = {"key": b64(PEERS), "range_end": b64(prefix_end(PEERS))}
+        result = self.kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
+        state: dict[str, dict[str, PeerRecord]] = {}
+        for kv in result.get("kvs", []):
+            rec = self._decode(kv)
+            if rec is not None:
+                state.setdefault(rec.network_id, {})[rec.endpoint_id] = rec
+        with self._lock:
+            old = set(self._state)
+            self._state = state
+            watched = set(self._watched)
+        for nid in (old | set(state)) & watched:
+            self._deliver(nid)
+        return int(result["header"]["revision"])
+
+    @staticmethod
+    def _decode(kv: Mapping[str, Any]) -> PeerRecord | None:
+        try:
+            return PeerRecord.from_json(base64.b64decode(kv.get("value", "")))
+        except (ValueError, KeyError) as e:
+            log.warning("ignoring malformed peer record %r: %s", kv.get("key"), e)
+            return None
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        kv = event["kv"]
+        key = base64.b64decode(kv["key"]).decode()
+        parts = key[len(PEERS) :].split("/")
+        if len(parts) != 2:
+            return
+        nid, eid = parts
+        if event.get("type") == "DELETE":
+            with self._lock:
+                self._state.get(nid, {}).pop(eid, None)
+        else:
+            rec = self._decode(kv)
+            if rec is None:
+                return
+            with self._lock:
+                self._state.setdefault(nid, {})[eid] = rec
+        self._deliver(nid)
+
+    def _close_stream(self) -> None:
+        """Cut the watch stream from another thread.
+
+        Closing a requests response while a thread reads it blocks on the
+        reader's lock, so shut the socket down instead: the reader then sees
+        end-of-stream and closes the response itself.
+        """
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+
+    def _follow(self, revision: int) -> None:
+        request = {
+            "create_request": {
+                "key": b64(PEERS),
+                "range_end": b64(prefix_end(PEERS)),
+                "start_revision": revision + 1,
+            }
+        }
+
+        def open_stream(c: Any) -> Any:
+            return c.session.post(c.get_url("/watch"), json=request, stream=True, timeout=(5, None))
+
+        resp = self.kv.call(open_stream)
+        self._stream = resp
+        try:
+            for line in resp.iter_lines():
+                if self._stop.is_set():
+                    return
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                result = chunk.get("result", {})
+                if "error" in chunk:
+                    raise RuntimeError(f"watch failed: {chunk['error']}")
+                if result.get("canceled") or result.get("compact_revision"):
+                    raise RuntimeError("watch cancelled by etcd (compacted?)")
+                for event in result.get("events", []):
+                    self._apply(event)
+        finally:
+            self._stream = None
+            resp.close()
+
+    def _watcher(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                revision = self._list()
+                backoff = 0.2
+                self._follow(revision)
+            except Exception as e:
+                if not self._stop.is_set():
+                    log.info("control plane: watch interrupted (%s); listing again", e)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)

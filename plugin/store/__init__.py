@@ -1,0 +1,1 @@
+"""Store adapters implementing the KV port of ``driver`` and ``ipam``."""

@@ -1,0 +1,171 @@
+"""Two and three "nodes" (driver services on fake kernels) sharing a real etcd.
+
+This is the control plane of issue 4 without dockerd: endpoints published on
+one node become FDB/neighbour entries on the others, and go away when they
+leave or when their node's lease expires.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from driver import names
+from driver.kernel.fake import FakeKernel
+from driver.kernel.port import Peer
+from plugin.app import create_app
+from plugin.controlplane import EtcdControlPlane
+from plugin.settings import from_env
+from plugin.store.etcd import EtcdKV
+from plugin.store.memory import MemoryKV
+from tests.support.etcd import EtcdServer
+from tests.unit.conftest import Plugin
+
+NET = "q1w2e3r4t5y6u7i8o9p0asdfg"
+TTL = 3
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if cond():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Node:
+    plugin: Plugin
+    control: EtcdControlPlane
+    vtep: str
+
+    def peers(self) -> set[Peer]:
+        return self.plugin.kernel.peers(NET)
+
+
+def make_node(etcd: EtcdServer, vtep: str, ttl: int = TTL) -> Node:
+    kv = EtcdKV([etcd.url])
+    local = MemoryKV()
+    control = EtcdControlPlane(kv, ttl=ttl, node=vtep)
+    kernel = FakeKernel()
+    app = create_app(
+        from_env({"PEER_TTL": str(ttl)}), kernel=kernel, local=local, shared=kv, control=control
+    )
+    plugin = Plugin(client=app.test_client(), kernel=kernel, store=local)
+    plugin.ok(
+        "/NetworkDriver.DiscoverNew",
+        {"DiscoveryType": 1, "DiscoveryData": {"Address": vtep, "Self": True}},
+    )
+    return Node(plugin, control, vtep)
+
+
+@pytest.fixture
+def nodes(etcd: EtcdServer) -> Iterator[list[Node]]:
+    made = [make_node(etcd, f"192.0.2.{i}") for i in (1, 2, 3)]
+    yield made
+    for n in made:
+        n.control.close()
+
+
+def network_on(node: Node) -> None:
+    node.plugin.ok(
+        "/NetworkDriver.CreateNetwork",
+        {
+            "NetworkID": NET,
+            "Options": {"com.docker.network.generic": {"swarmnet.vni": "300"}},
+            "IPv4Data": [{"Pool": "10.20.0.0/24", "Gateway": "10.20.0.1/24"}],
+        },
+    )
+
+
+def start_endpoint(node: Node, eid: str, ip: str) -> Peer:
+    node.plugin.ok(
+        "/NetworkDriver.CreateEndpoint",
+        {"NetworkID": NET, "EndpointID": eid, "Interface": {"Address": f"{ip}/24"}},
+    )
+    node.plugin.ok(
+        "/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": eid, "SandboxKey": "/x"}
+    )
+    address = ipaddress.ip_address(ip)
+    from driver.mac import from_ip
+
+    return Peer(ip=address, mac=from_ip(address), vtep=ipaddress.ip_address(node.vtep))
+
+
+def test_endpoints_become_peers_on_the_other_nodes_and_leave_cleanly(nodes: list[Node]) -> None:
+    for n in nodes:
+        network_on(n)
+    a = start_endpoint(nodes[0], "a" * 64, "10.20.0.2")
+    b = start_endpoint(nodes[1], "b" * 64, "10.20.0.3")
+    wait_for(lambda: nodes[2].peers() == {a, b}, what="node 3 to learn both endpoints")
+    wait_for(lambda: nodes[0].peers() == {b}, what="node 1 to learn node 2's endpoint only")
+    wait_for(lambda: nodes[1].peers() == {a}, what="node 2 to learn node 1's endpoint only")
+
+    nodes[0].plugin.ok("/NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": "a" * 64})
+    wait_for(lambda: nodes[2].peers() == {b}, what="the left endpoint to disappear")
+    wait_for(lambda: nodes[1].peers() == set(), what="node 2 to drop the left endpoint")
+
+
+def test_a_node_that_joins_late_learns_existing_endpoints(etcd: EtcdServer) -> None:
+    first = make_node(etcd, "192.0.2.1")
+    try:
+        network_on(first)
+        a = start_endpoint(first, "a" * 64, "10.20.0.2")
+        late = make_node(etcd, "192.0.2.9")
+        try:
+            network_on(late)
+            wait_for(lambda: late.peers() == {a}, what="the late node to list existing peers")
+        finally:
+            late.control.close()
+    finally:
+        first.control.close()
+
+
+def test_a_dead_node_is_forgotten_within_the_lease_ttl(nodes: list[Node]) -> None:
+    for n in nodes:
+        network_on(n)
+    a = start_endpoint(nodes[0], "a" * 64, "10.20.0.2")
+    wait_for(lambda: nodes[1].peers() == {a}, what="node 2 to learn the endpoint")
+    # Kill node 1's control plane without withdrawing anything: its lease lapses.
+    killed_at = time.monotonic()
+    nodes[0].control.close()
+    wait_for(lambda: nodes[1].peers() == set(), timeout=TTL * 3 + 5, what="lease expiry")
+    elapsed = time.monotonic() - killed_at
+    # etcd may need up to one extra TTL to notice expiry; never more than that plus slack.
+    assert elapsed <= 2 * TTL + 2, elapsed
+
+
+def test_etcd_outage_keeps_the_kernel_and_publishes_new_joins_when_back(
+    etcd: EtcdServer, nodes: list[Node]
+) -> None:
+    for n in nodes[:2]:
+        network_on(n)
+    a = start_endpoint(nodes[0], "a" * 64, "10.20.0.2")
+    wait_for(lambda: nodes[1].peers() == {a}, what="node 2 to learn the endpoint")
+
+    etcd.stop()
+    # The data path does not depend on etcd: programmed entries stay.
+    time.sleep(1)
+    assert nodes[1].peers() == {a}
+    # A join during the outage succeeds locally and is published once etcd is back.
+    b = start_endpoint(nodes[0], "b" * 64, "10.20.0.3")
+    assert names.short("b" * 64) in nodes[0].plugin.kernel.endpoint_ids(NET)
+    etcd.start()
+    wait_for(lambda: nodes[1].peers() == {a, b}, timeout=20, what="republish after outage")
+
+
+def test_watch_reconciles_entries_it_did_not_make(nodes: list[Node]) -> None:
+    for n in nodes[:2]:
+        network_on(n)
+    a = start_endpoint(nodes[0], "a" * 64, "10.20.0.2")
+    wait_for(lambda: nodes[1].peers() == {a}, what="node 2 to learn the endpoint")
+    stale = Peer(ipaddress.ip_address("10.20.0.99"), "02:42:0a:14:00:63", a.vtep)
+    nodes[1].plugin.kernel.ensure_peer(NET, stale)
+    # The next change anywhere on the network triggers a full diff, which removes it.
+    b = start_endpoint(nodes[0], "b" * 64, "10.20.0.3")
+    wait_for(lambda: nodes[1].peers() == {a, b}, what="stale entry removed, new one added")
