@@ -23,6 +23,9 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pyroute2 logs every netlink message at debug: far too much, even for debugging.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
 def _run_gunicorn(settings: Settings) -> None:
@@ -51,9 +54,12 @@ def _run_gunicorn(settings: Settings) -> None:
                 "accesslog": "-" if settings.log_level == "debug" else None,
                 "errorlog": "-",
                 "umask": 0o077,
+                # gunicorn 23+ opens a control socket under $HOME; the plugin has no use for it.
+                "control_socket_disable": True,
             }
             for key, value in cfg.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # control_socket_disable is new in gunicorn 23
+                    self.cfg.set(key, value)
 
         def load(self) -> Any:
             # Runs in the worker, after the fork.

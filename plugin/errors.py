@@ -27,11 +27,11 @@ def error_response(status: int, message: str) -> Response:
 
 def _handle(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
-        status = exc.code or 500
-        if status == 404:
+        code = exc.code or 500
+        if code == 404:
             # libnetwork reads 404 as "this plugin does not implement that call".
             return error_response(404, f"{request.path}: not implemented by swarmnet-overlay")
-        return error_response(status, f"{request.path}: {exc.description}")
+        return error_response(code, f"{request.path}: {exc.description}")
     status = getattr(exc, "http_status", None)
     if isinstance(status, int) and 400 <= status < 600:
         if status >= 500:

@@ -163,8 +163,12 @@ class EtcdKV:
                 success = [{"request_delete_range": {"key": b64(key)}}]
             else:
                 success = [{"request_put": {"key": b64(key), "value": b64(new)}}]
-            txn = {"compare": compare, "success": success, "failure": []}
-            result = self.call(lambda c, t=txn: c.post(c.get_url("/kv/txn"), json=t))
+            txn: dict[str, Any] = {"compare": compare, "success": success, "failure": []}
+
+            def commit(c: Any, t: dict[str, Any] = txn) -> Any:
+                return c.post(c.get_url("/kv/txn"), json=t)
+
+            result = self.call(commit)
             if result.get("succeeded"):
                 return new
             # Someone else changed the key: back off a little and try again.
