@@ -269,9 +269,11 @@ def request_pool(body: dict[str, Any]) -> PoolRequest:
     f = Fields(body)
     pool = f.network("Pool", required=False)
     sub_pool = f.network("SubPool", required=False)
+    # No check of V6 against the Pool's family: swarmkit always sends V6=false,
+    # even for an IPv6 --subnet. The Pool, when given, decides.
     v6 = f.boolean("V6")
-    if pool is not None and (pool.version == 6) != v6:
-        raise BadRequest(f"Pool: {pool} is IPv{pool.version} but V6 is {str(v6).lower()}")
+    if sub_pool is not None and pool is None:
+        raise BadRequest("SubPool: given without a Pool")
     return PoolRequest(
         address_space=f.string("AddressSpace", False),
         pool=pool,

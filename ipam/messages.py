@@ -1,0 +1,62 @@
+"""Typed requests and grants of the IPAM use cases (the codec builds and reads them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+
+# Option keys libnetwork and swarmkit send.
+REQUEST_ADDRESS_TYPE = "RequestAddressType"
+GATEWAY_TYPE = "com.docker.network.gateway"
+SERIAL_OPTION = "com.docker.network.ipam.serial"
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """IpamDriver.RequestPool. ``pool`` None asks for the next default subnet."""
+
+    address_space: str
+    pool: IPNetwork | None
+    sub_pool: IPNetwork | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    v6: bool = False
+
+
+@dataclass(frozen=True)
+class PoolGrant:
+    pool_id: str
+    pool: IPNetwork
+    data: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AddressRequest:
+    """IpamDriver.RequestAddress. ``address`` None asks for any free address."""
+
+    pool_id: str
+    address: IPAddress | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
+
+
+@dataclass(frozen=True)
+class AddressGrant:
+    """The address with the pool's prefix length, as Docker wants it ("10.1.2.3/24")."""
+
+    address: IPInterface
+    data: Mapping[str, str] = field(default_factory=dict)

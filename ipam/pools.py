@@ -1,0 +1,115 @@
+"""The pool index of one address space, and its pure transitions.
+
+One record per address space lists every allocated pool, so the overlap check
+and the insert happen in one compare-and-swap. Each pool carries an
+incarnation (a random tag chosen when the pool is first allocated) that ties it
+to its address record (``addresses.PoolRecord``): if a pool is released and
+allocated again, leftovers of the old record are recognised and discarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipam import records, spans, subnets
+from ipam.errors import CorruptRecord, Exhausted, PoolOverlap
+from ipam.subnets import IPNetwork
+
+
+@dataclass(frozen=True)
+class PoolIndex:
+    pools: Mapping[str, str] = field(default_factory=dict)  # canonical CIDR -> incarnation
+    last: str | None = None  # the subnet the dynamic search handed out last
+    # The pools as normalized integer spans per IP version, carried from an index
+    # to the next one so a long run of dynamic requests does not rebuild them.
+    spans_by_version: Mapping[int, spans.Spans] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def blocked(self, version: int) -> spans.Spans:
+        if self.spans_by_version is not None:
+            return self.spans_by_version.get(version, ())
+        return spans.normalize(
+            (lo, hi) for v, lo, hi in map(records.span, self.pools) if v == version
+        )
+
+    def encode(self) -> bytes:
+        return records.dump({"last": self.last, "pools": dict(self.pools)})
+
+    @classmethod
+    def decode(cls, raw: bytes | None, what: str) -> PoolIndex:
+        if raw is None:
+            return cls()
+        obj: dict[str, Any] = records.load(raw, what)
+        last = obj.get("last")
+        if last is not None and not isinstance(last, str):
+            raise CorruptRecord(f"store: {what} has a bad 'last'")
+        return cls(pools=records.string_map(obj.get("pools"), what), last=last)
+
+
+def reserve_explicit(
+    index: PoolIndex, net: IPNetwork, incarnation: str
+) -> tuple[PoolIndex, str, bool]:
+    """Add ``net``. Returns (index, the pool's incarnation, whether it is new).
+
+    The very same pool is not an overlap: that is a replay (a swarm leader or a
+    node re-requesting what it holds), answered with the existing incarnation.
+    """
+    key = str(net)
+    held = index.pools.get(key)
+    if held is not None:
+        return index, held, False
+    lo, hi = subnets.bounds(net)
+    for other in index.pools:
+        version, other_lo, other_hi = records.span(other)
+        if version == net.version and other_lo <= hi and lo <= other_hi:
+            raise PoolOverlap(f"Pool {net} overlaps pool {other}, which is already allocated")
+    carried = None
+    if index.spans_by_version is not None:
+        carried = {**index.spans_by_version}
+        carried[net.version] = spans.add_range(index.blocked(net.version), lo, hi)
+    new = PoolIndex(
+        pools={**index.pools, key: incarnation}, last=index.last, spans_by_version=carried
+    )
+    return new, incarnation, True
+
+
+def reserve_dynamic(
+    index: PoolIndex,
+    defaults: Sequence[IPNetwork],
+    prefixlen: int,
+    host: Iterable[IPNetwork],
+    incarnation: str,
+) -> tuple[PoolIndex, IPNetwork]:
+    """Add the next free subnet of the default pools (see ``subnets.next_subnet``)."""
+    after = records.network(index.last) if index.last is not None else None
+    version = defaults[0].version if defaults else 4
+    held = index.blocked(version)
+    blocked = held
+    for n in host:
+        if n.version == version:
+            blocked = spans.add_range(blocked, *subnets.bounds(n))
+    net = subnets.next_free_subnet(defaults, prefixlen, blocked, after)
+    if net is None:
+        names = ", ".join(str(p) for p in defaults)
+        raise Exhausted(
+            f"Pool: no free /{prefixlen} left in the default address pools {names}: every "
+            "subnet is allocated or overlaps a route or address on this host "
+            "(remove unused networks, or add pools with DEFAULT_ADDR_POOLS)"
+        )
+    key = str(net)
+    carried = {v: index.blocked(v) for v in (4, 6)}
+    carried[version] = spans.add_range(held, *subnets.bounds(net))
+    new = PoolIndex(pools={**index.pools, key: incarnation}, last=key, spans_by_version=carried)
+    return new, net
+
+
+def unreserve(index: PoolIndex, net: IPNetwork, incarnation: str) -> PoolIndex:
+    """Drop ``net`` if it is still the incarnation we released."""
+    key = str(net)
+    if index.pools.get(key) != incarnation:
+        return index
+    pools = {k: v for k, v in index.pools.items() if k != key}
+    return PoolIndex(pools=pools, last=index.last)  # spans are rebuilt when next needed

@@ -1,0 +1,213 @@
+"""The KV port's contract (``ipam.ports.KV``), as a reusable test class.
+
+Run it against an adapter by subclassing and providing a ``kv`` fixture::
+
+    from tests.contract.kv_contract import KVContract
+
+    class TestSqliteKV(KVContract):
+        @pytest.fixture
+        def kv(self, tmp_path):
+            store = SqliteKV(tmp_path / "kv.db")
+            yield store
+            store.close()
+
+Every test writes only under its own random prefix (the ``ns`` fixture), so the
+suite can run against a shared store such as a real etcd.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ipam.ports import KV
+
+
+class Boom(Exception):
+    pass
+
+
+class KVContract:
+    THREADS = 8
+    INCREMENTS = 50
+
+    @pytest.fixture
+    def kv(self) -> Iterator[KV]:
+        raise NotImplementedError("a KVContract subclass must provide a `kv` fixture")
+
+    @pytest.fixture
+    def ns(self) -> str:
+        return f"/contract-test/{uuid.uuid4().hex}/"
+
+    # -- get / put / delete ----------------------------------------------------------
+
+    def test_get_missing_is_none(self, kv: KV, ns: str) -> None:
+        assert kv.get(ns + "missing") is None
+
+    @pytest.mark.parametrize(
+        "value",
+        [b"x", b"", bytes(range(256)), b"\xff\xfe not utf-8 \x00", b"{" + b"7" * 200_000 + b"}"],
+        ids=["short", "empty", "all-bytes", "not-utf8", "200k"],
+    )
+    def test_put_then_get_returns_the_same_bytes(self, kv: KV, ns: str, value: bytes) -> None:
+        kv.put(ns + "k", value)
+        got = kv.get(ns + "k")
+        assert isinstance(got, bytes)
+        assert got == value
+
+    def test_put_overwrites(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"one")
+        kv.put(ns + "k", b"two")
+        assert kv.get(ns + "k") == b"two"
+
+    def test_keys_are_independent_and_may_hold_any_text(self, kv: KV, ns: str) -> None:
+        keys = [ns + "pools/10.1.2.0_24", ns + "pools/fd00::_64", ns + "a b", ns + "é/ü"]
+        for i, key in enumerate(keys):
+            kv.put(key, str(i).encode())
+        assert [kv.get(k) for k in keys] == [b"0", b"1", b"2", b"3"]
+
+    def test_delete_removes_and_missing_key_is_fine(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"v")
+        kv.put(ns + "other", b"w")
+        kv.delete(ns + "k")
+        kv.delete(ns + "k")
+        kv.delete(ns + "never")
+        assert kv.get(ns + "k") is None
+        assert kv.get(ns + "other") == b"w"
+
+    # -- list --------------------------------------------------------------------------
+
+    def test_list_returns_exactly_the_keys_with_the_prefix(self, kv: KV, ns: str) -> None:
+        for name in ["a/1", "a/2", "a", "ab", "a_x", "a%y", "b/1", "A/1"]:
+            kv.put(ns + name, name.encode())
+        assert kv.list(ns + "a/") == {ns + "a/1": b"a/1", ns + "a/2": b"a/2"}
+        assert set(kv.list(ns + "a")) == {ns + n for n in ["a/1", "a/2", "a", "ab", "a_x", "a%y"]}
+        assert len(kv.list(ns)) == 8
+        assert kv.list(ns + "zzz") == {}
+
+    def test_list_prefix_has_no_wildcards(self, kv: KV, ns: str) -> None:
+        # SQL LIKE would read _ and % as wildcards; a prefix must match literally.
+        for name in ["a_x", "abx", "a%y", "aZy"]:
+            kv.put(ns + name, b"v")
+        assert set(kv.list(ns + "a_")) == {ns + "a_x"}
+        assert set(kv.list(ns + "a%")) == {ns + "a%y"}
+
+    def test_list_result_is_a_copy(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"v")
+        listed = kv.list(ns)
+        listed[ns + "k"] = b"changed"
+        listed[ns + "new"] = b"added"
+        assert kv.get(ns + "k") == b"v"
+        assert kv.get(ns + "new") is None
+
+    # -- update ------------------------------------------------------------------------
+
+    def test_update_of_missing_key_gets_none_and_creates(self, kv: KV, ns: str) -> None:
+        seen: list[bytes | None] = []
+
+        def fn(current: bytes | None) -> bytes | None:
+            seen.append(current)
+            return b"created"
+
+        assert kv.update(ns + "k", fn) == b"created"
+        assert seen and all(s is None for s in seen)
+        assert kv.get(ns + "k") == b"created"
+
+    def test_update_gets_the_current_value_and_returns_what_it_wrote(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"1")
+        assert kv.update(ns + "k", lambda cur: (cur or b"") + b"+1") == b"1+1"
+        assert kv.get(ns + "k") == b"1+1"
+
+    def test_update_returning_none_deletes(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"v")
+        assert kv.update(ns + "k", lambda cur: None) is None
+        assert kv.get(ns + "k") is None
+        assert ns + "k" not in kv.list(ns)
+
+    def test_update_returning_none_on_missing_key_leaves_it_missing(self, kv: KV, ns: str) -> None:
+        assert kv.update(ns + "k", lambda cur: None) is None
+        assert kv.get(ns + "k") is None
+        assert kv.list(ns) == {}
+
+    def test_update_returning_the_same_value_keeps_it(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"same")
+        assert kv.update(ns + "k", lambda cur: cur) == b"same"
+        assert kv.get(ns + "k") == b"same"
+
+    def test_update_whose_fn_raises_writes_nothing(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "k", b"before")
+
+        def fn(current: bytes | None) -> bytes | None:
+            raise Boom("no")
+
+        with pytest.raises(Boom):
+            kv.update(ns + "k", fn)
+        with pytest.raises(Boom):
+            kv.update(ns + "missing", fn)
+        assert kv.get(ns + "k") == b"before"
+        assert kv.get(ns + "missing") is None
+        # The store is still usable afterwards (no lock or transaction left behind).
+        assert kv.update(ns + "k", lambda cur: b"after") == b"after"
+        assert kv.get(ns + "k") == b"after"
+
+    def test_update_touches_only_its_key(self, kv: KV, ns: str) -> None:
+        kv.put(ns + "a", b"1")
+        kv.put(ns + "b", b"2")
+        kv.update(ns + "a", lambda cur: b"3")
+        assert kv.get(ns + "b") == b"2"
+
+    def test_concurrent_updates_never_lose_one(self, kv: KV, ns: str) -> None:
+        key = ns + "counter"
+        barrier = threading.Barrier(self.THREADS)
+        errors: list[BaseException] = []
+
+        def increment(current: bytes | None) -> bytes:
+            return str(int(current or b"0") + 1).encode()
+
+        def worker() -> None:
+            try:
+                barrier.wait()
+                for _ in range(self.INCREMENTS):
+                    kv.update(key, increment)
+            except BaseException as e:  # reported below, in the test thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(self.THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "an update hung"
+        assert errors == []
+        assert kv.get(key) == str(self.THREADS * self.INCREMENTS).encode()
+
+    def test_concurrent_create_if_absent_has_one_winner(self, kv: KV, ns: str) -> None:
+        key = ns + "claim"
+        barrier = threading.Barrier(self.THREADS)
+        winners: list[int] = []
+        lock = threading.Lock()
+
+        def claim(me: int) -> None:
+            def fn(current: bytes | None) -> bytes | None:
+                if current is not None:
+                    raise Boom("taken")
+                return str(me).encode()
+
+            barrier.wait()
+            try:
+                kv.update(key, fn)
+            except Boom:
+                return
+            with lock:
+                winners.append(me)
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(self.THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(winners) == 1
+        assert kv.get(key) == str(winners[0]).encode()
