@@ -1,0 +1,1 @@
+from tests.lab.fixtures import lab_factory, require_lab  # noqa: F401
