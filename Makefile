@@ -1,0 +1,158 @@
+# swarmnet-overlay: build, package and test.
+#
+#   make plugin     build/plugin/{config.json,rootfs/} (the managed plugin bundle)
+#   make install    docker plugin create + enable on the local dockerd (replaces an old one)
+#   make push       create the plugin as $(REGISTRY)/$(PLUGIN_NAME) and docker plugin push it
+#   make demo       deps + install + two containers pinging over a swarmnet network
+#   make test       every test suite (after `make deps`); test-unit, test-integration,
+#                   test-kernel, test-kernellab, test-e2e, test-lab one at a time
+#   make bench      the benchmark of docs/benchmarks.md (multi-host lab, both drivers)
+#
+# The docker client is $(DOCKER) (the 20.10 client that matches the daemon); it
+# honours DOCKER_HOST, so `DOCKER_HOST=unix:///path/docker.sock make install`
+# works against any dockerd.
+
+DOCKER      ?= /usr/bin/docker
+VENV        ?= .venv
+PYTHON      ?= $(VENV)/bin/python
+KERNEL_LAB  ?= ../shared/kernel-lab
+BASE        ?= python:3.11-slim-bookworm
+PLUGIN_NAME ?= swarmnet-overlay
+PLUGIN_TAG  ?= latest
+PLUGIN      ?= $(PLUGIN_NAME):$(PLUGIN_TAG)
+# Extra `docker plugin set` arguments for make install, e.g. PLUGIN_SETTINGS="SCOPE=local"
+PLUGIN_SETTINGS ?=
+# Host directories behind the plugin's `state` and `run` mounts (make install prepares them).
+STATE_DIR   ?= /var/lib/swarmnet
+RUN_DIR     ?= /run/swarmnet
+REGISTRY    ?= 127.0.0.1:5000
+BUILD_IMAGE ?= swarmnet-overlay-rootfs:build
+# Where the debootstrap'd base rootfs tarball is cached (made once).
+BASE_CACHE  ?= build/base
+PYTEST_ARGS ?=
+
+BUILD   := build
+WHEELS  := $(BUILD)/wheels
+CONTEXT := $(BUILD)/context
+BUNDLE  := $(BUILD)/plugin
+SOURCES := $(shell find plugin driver ipam -name '*.py' 2>/dev/null) pyproject.toml
+
+export DOCKER PYTHON BASE_CACHE
+
+.PHONY: all deps demo wheels base-image plugin install uninstall push host-prep \
+        test test-unit test-integration test-kernel test-kernellab test-e2e test-lab \
+        lab-up lab-down bench lint clean distclean
+
+all: plugin
+
+# System packages (apt) and the project in $(VENV). Idempotent.
+deps:
+	scripts/deps.sh
+
+demo: deps
+	scripts/demo.sh
+
+# --- wheels: built on the host, so `docker build` never reaches a package index ---
+
+# Dependencies change rarely: resolve them once per pyproject.toml.
+$(WHEELS)/.deps: pyproject.toml
+	@mkdir -p $(WHEELS)
+	scripts/wheels.sh deps $(WHEELS)
+	@touch $@
+
+# The project's own wheel follows every source change.
+$(WHEELS)/.project: $(WHEELS)/.deps $(SOURCES)
+	scripts/wheels.sh project $(WHEELS)
+	@touch $@
+
+wheels: $(WHEELS)/.project
+
+# --- base image and plugin rootfs ---
+
+base-image:
+	scripts/base-image.sh $(BASE) $(BASE_CACHE)
+
+# The bundle is rebuilt only when an input changed, so `make install` on another
+# dockerd reuses it without touching any image.
+$(BUILD)/.plugin: $(WHEELS)/.project Dockerfile config.json scripts/base-image.sh scripts/bundle.sh
+	scripts/base-image.sh $(BASE) $(BASE_CACHE)
+	@rm -rf $(CONTEXT) && mkdir -p $(CONTEXT)
+	cp -a $(WHEELS) $(CONTEXT)/wheels && rm -f $(CONTEXT)/wheels/.deps $(CONTEXT)/wheels/.project
+	DOCKER_BUILDKIT=0 $(DOCKER) build -q --build-arg BASE=$(BASE) -t $(BUILD_IMAGE) \
+		-f Dockerfile $(CONTEXT)
+	scripts/bundle.sh $(BUILD_IMAGE) config.json $(BUNDLE)
+	@touch $@
+
+plugin: $(BUILD)/.plugin
+
+# --- install on the local dockerd ---
+
+host-prep:
+	scripts/host-prep.sh $(STATE_DIR) $(RUN_DIR)
+
+install: plugin host-prep
+	scripts/install.sh $(PLUGIN) $(BUNDLE) state.source=$(STATE_DIR) run.source=$(RUN_DIR) \
+		$(PLUGIN_SETTINGS)
+
+uninstall:
+	-$(DOCKER) plugin disable -f $(PLUGIN)
+	-$(DOCKER) plugin rm -f $(PLUGIN)
+
+# docker plugin push needs the registry in the plugin's name.
+push: plugin
+	scripts/install.sh --no-enable $(REGISTRY)/$(PLUGIN) $(BUNDLE)
+	$(DOCKER) plugin push $(REGISTRY)/$(PLUGIN)
+
+# --- tests ---
+
+lint:
+	$(PYTHON) -m ruff check plugin driver ipam tests bench
+	$(PYTHON) -m mypy
+
+test-unit:
+	$(PYTHON) -m pytest -q tests/unit tests/contract $(PYTEST_ARGS)
+
+# Real etcd servers on loopback, started by the tests.
+test-integration:
+	$(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# Real network namespaces on this machine's kernel (root).
+test-kernel:
+	$(PYTHON) -m pytest -q -m kernel tests/kernel tests/kernellab $(PYTEST_ARGS)
+
+# IPsec needs ESP, which this machine's kernel lacks: these run under a stock
+# Debian kernel in ../shared/kernel-lab. Not set up is a failure, never a skip.
+test-kernellab:
+	@if [ ! -x $(KERNEL_LAB)/run ]; then \
+		echo "FAIL: kernel-lab not found at $(KERNEL_LAB); the IPsec tests cannot run" >&2; exit 1; fi
+	@if ! ls /boot/vmlinuz-* >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null; then \
+		echo "FAIL: kernel-lab is not set up; run $(KERNEL_LAB)/setup first" >&2; exit 1; fi
+	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
+		$(abspath $(PYTHON)) -m pytest -q -m kernellab tests/kernellab $(PYTEST_ARGS)
+
+# Starts its own dockerds (each in its own network namespace), builds the bundle
+# with the first one (make plugin), installs it; needs root. See tests/e2e/README.md.
+test-e2e:
+	$(PYTHON) -m pytest -q -m e2e tests/e2e $(PYTEST_ARGS)
+
+# The multi-host lab: 3-node swarms on network namespaces, with etcd (root).
+test-lab:
+	$(PYTHON) -m pytest -q -m e2e tests/lab $(PYTEST_ARGS)
+
+test: deps lint test-unit test-integration test-kernel test-kernellab test-e2e test-lab
+
+# --- the multi-host lab by hand ---
+
+lab-up:   ## e.g. make lab-up LAB_ARGS="--nodes 3 --plugin build/plugin"
+	$(PYTHON) -m tests.lab up $(LAB_ARGS)
+
+lab-down:
+	$(PYTHON) -m tests.lab down $(LAB_ARGS)
+
+clean:
+	rm -rf $(CONTEXT) $(BUNDLE) $(BUILD)/.plugin $(BUILD)/lib $(BUILD)/bdist.* *.egg-info
+	-$(DOCKER) rmi -f $(BUILD_IMAGE) >/dev/null 2>&1
+
+# Also drops the cached debootstrap tarball and wheels.
+distclean: clean
+	rm -rf $(BUILD)
