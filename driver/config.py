@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from driver.kernel.port import IPAddress
 
@@ -12,6 +12,21 @@ DEFAULT_VNI_RANGE = (256, 4095)
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
+ENCRYPTED_VXLAN_PORT = 4790
+KEY_ROTATION_INTERVAL = 12 * 3600.0  # as swarm
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """Encrypted networks (driver.encryption); see docs/encryption.md."""
+
+    port: int = ENCRYPTED_VXLAN_PORT  # UDP port of encrypted networks' VXLAN devices
+    rotation_interval: float = KEY_ROTATION_INTERVAL  # seconds; 0: only on request
+    poll_interval: float = 2.0  # seconds between reads of the store (new keys, peers' acks)
+    prune_grace: float = 5.0  # seconds an unneeded inbound SA stays, for packets in flight
+    rotation_min_gap: float = 30.0  # seconds: at most one rotation in flight
+
+
 @dataclass(frozen=True)
 class DriverConfig:
     scope: str = "global"  # "global" for swarm, "local" for standalone dockerd
@@ -19,3 +34,4 @@ class DriverConfig:
     vni_range: tuple[int, int] = DEFAULT_VNI_RANGE
     mtu: int | None = None  # the underlay MTU to assume; None = read it from the kernel
     data_path_addr: IPAddress | None = None  # overrides DiscoverNew's Self address
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)

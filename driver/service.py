@@ -17,7 +17,10 @@ from types import MappingProxyType
 from driver import mac as macs
 from driver import names
 from driver.config import VXLAN_OVERHEAD, DriverConfig
-from driver.errors import InvalidArgument, UnknownObject, Unsupported
+from driver.encryption import Encryption, Ipsec, NoIpsec
+from driver.errors import Conflict, InvalidArgument, UnknownObject
+from driver.ipsec_keys import encrypted_mtu
+from driver.ipsec_store import Rotation
 from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec
 from driver.messages import (
     AllocateNetwork,
@@ -64,12 +67,19 @@ class NetworkDriverService:
         local: KV,
         shared: KV,
         control: ControlPlane | None = None,
+        ipsec: Ipsec | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.local = local
         self.control: ControlPlane = control if control is not None else LocalControlPlane()
         self.vnis = VniAllocator(shared, config.vni_range)
+        self.encryption = Encryption(
+            ipsec if ipsec is not None else NoIpsec("no IPsec support was configured"),
+            shared,
+            lambda: self._vtep().vtep,
+            config.encryption,
+        )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -119,7 +129,8 @@ class NetworkDriverService:
             network_id=net.network_id,
             vni=net.vni,
             mtu=net.mtu,
-            vxlan_port=self.config.vxlan_port,
+            # Encrypted networks get their own port: xfrm policies select by port, not VNI.
+            vxlan_port=self.config.encryption.port if net.encrypted else self.config.vxlan_port,
             bridge_addresses=net.gateways,
             local_vtep=self._vtep().vtep,
         )
@@ -149,11 +160,21 @@ class NetworkDriverService:
 
     def _on_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
         with self._locked(network_id):
-            if self._network(network_id) is None:
+            net = self._network(network_id)
+            if net is None:
                 return
-            converge(self.kernel, network_id, snapshot, self._vtep().vtep)
+            local = self._vtep().vtep
+            if not net.encrypted:
+                converge(self.kernel, network_id, snapshot, local)
+                return
+            # SAs and policies for a new peer before its FDB entries (if this raises,
+            # no entry is made: fail closed); a departed peer's pair after its entries.
+            vteps = {r.vtep for r in snapshot.values() if r.vtep != local}
+            self.encryption.add_peers(network_id, vteps)
+            converge(self.kernel, network_id, snapshot, local)
+            self.encryption.set_peers(network_id, vteps)
 
-    def _mtu(self, options: Mapping[str, str]) -> int:
+    def _mtu(self, options: Mapping[str, str], encrypted: bool = False) -> int:
         raw = options.get(OPT_MTU)
         if raw not in (None, ""):
             assert raw is not None
@@ -165,6 +186,8 @@ class NetworkDriverService:
                 raise InvalidArgument(f"{OPT_MTU}: {mtu} is outside {MIN_MTU}-65535")
             return mtu
         underlay = self.config.mtu or self.kernel.underlay_mtu(self._vtep().vtep)
+        if encrypted:
+            return encrypted_mtu(underlay, VXLAN_OVERHEAD)
         return underlay - VXLAN_OVERHEAD
 
     @staticmethod
@@ -175,15 +198,6 @@ class NetworkDriverService:
         # `--opt encrypted` arrives with an empty value; anything but an explicit "false" means yes.
         return value not in ("false", "0", "no", "off")
 
-    def _refuse_encryption(self, network_id: str) -> None:
-        # Fail closed: a network asked to be encrypted must never carry plaintext,
-        # and this build cannot encrypt yet.
-        raise Unsupported(
-            f"network {names.short(network_id)}: --opt encrypted is not supported by this "
-            "version of swarmnet-overlay; refusing to create the network rather than "
-            "carry its traffic in clear"
-        )
-
     # -- protocol calls ------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
@@ -191,13 +205,18 @@ class NetworkDriverService:
 
     def allocate_network(self, req: AllocateNetwork) -> Mapping[str, str]:
         """Swarm manager side: choose the VNI; every node's CreateNetwork gets it back."""
-        if self._encrypted(req.options):
-            self._refuse_encryption(req.network_id)
+        encrypted = self._encrypted(req.options)
+        if encrypted:
+            # Refused here too, so `docker network create` itself fails on a manager
+            # whose kernel cannot encrypt, instead of every task failing later.
+            self.encryption.require_support(req.network_id)
         self._mtu(req.options)  # validate now, so a bad MTU fails `docker network create`
         requested = req.options.get(OPT_VNI)
         vni = self.vnis.allocate(
             req.network_id, parse_vni(requested, OPT_VNI) if requested else None
         )
+        if encrypted:
+            self.encryption.ensure_keys()
         log.info("network %s: allocated VNI %d", names.short(req.network_id), vni)
         return MappingProxyType({**req.options, OPT_VNI: str(vni)})
 
@@ -209,18 +228,21 @@ class NetworkDriverService:
             log.info("network %s: released VNI %d", names.short(network_id), vni)
 
     def create_network(self, req: CreateNetwork) -> None:
-        if self._encrypted(req.options):
-            self._refuse_encryption(req.network_id)
+        encrypted = self._encrypted(req.options)
+        if encrypted:
+            self.encryption.require_support(req.network_id)  # before anything is made
         requested = req.options.get(OPT_VNI)
         vni_opt = parse_vni(requested, OPT_VNI) if requested else None
-        mtu = self._mtu(req.options)
+        mtu = self._mtu(req.options, encrypted)
         with self._locked(req.network_id):
             existing = self._network(req.network_id)
             if existing is not None:
                 vni = existing.vni
             elif vni_opt is not None and self.config.scope == "global":
-                # The manager chose it in AllocateNetwork; record it so it stays ours.
-                vni = self.vnis.allocate(req.network_id, vni_opt)
+                # The manager chose it in AllocateNetwork and every node got the same
+                # value: it is the truth for the data path, whatever this node's table says.
+                vni = vni_opt
+                self._record_vni(req.network_id, vni)
             else:
                 vni = self.vnis.allocate(req.network_id, vni_opt)
             net = NetworkRecord(
@@ -228,23 +250,36 @@ class NetworkDriverService:
                 vni=vni,
                 mtu=mtu,
                 internal=req.internal,
-                encrypted=False,
+                encrypted=encrypted,
                 gateways=tuple(d.gateway for d in (*req.ipv4, *req.ipv6) if d.gateway),
                 options=MappingProxyType(dict(req.options)),
             )
             with contextlib.ExitStack() as undo:
+                if encrypted:
+                    # The block and in policies exist before the VXLAN device does.
+                    self.encryption.attach(req.network_id)
+                    undo.callback(self.encryption.detach, req.network_id)
                 self.kernel.ensure_network(self._spec(net))
                 undo.callback(self.kernel.remove_network, req.network_id)
                 self.local.put(network_key(req.network_id), net.to_json())
                 undo.pop_all()
         self.control.watch(req.network_id)
         log.info(
-            "network %s: created (VNI %d, MTU %d%s)",
+            "network %s: created (VNI %d, MTU %d%s%s)",
             names.short(req.network_id),
             vni,
             mtu,
             ", internal" if req.internal else "",
+            f", encrypted, UDP {self.config.encryption.port}" if encrypted else "",
         )
+
+    def _record_vni(self, network_id: str, vni: int) -> None:
+        try:
+            self.vnis.allocate(network_id, vni)
+        except Conflict as e:
+            # Only possible when this node's store is not the manager's (several
+            # managers without etcd); the VNI from AllocateNetwork still wins.
+            log.warning("network %s: VNI table disagrees: %s", names.short(network_id), e)
 
     def delete_network(self, network_id: str) -> None:
         self.control.unwatch(network_id)
@@ -261,6 +296,9 @@ class NetworkDriverService:
                 self.kernel.remove_endpoint(network_id, eid)
                 self.local.delete(key)
             self.kernel.remove_network(network_id)
+            if (net is not None and net.encrypted) or self.encryption.attached(network_id):
+                # After the VXLAN device is gone; before the record, so a retry repeats it.
+                self.encryption.detach(network_id)
             self.local.delete(network_key(network_id))
             if self.config.scope == "local" and net is not None:
                 # No FreeNetwork comes in local scope: the VNI is ours to release.
@@ -315,6 +353,7 @@ class NetworkDriverService:
         return {
             "vni": net.vni,
             "mtu": net.mtu,
+            "encrypted": net.encrypted,
             "mac": ep.mac,
             "address": str(ep.address) if ep.address else "",
             "joined": ep.joined,
@@ -324,8 +363,13 @@ class NetworkDriverService:
     def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
         with self._locked(network_id):
             ep = self._endpoint(network_id, endpoint_id)
-            self.control.withdraw(network_id, endpoint_id)
-            self.kernel.remove_endpoint(network_id, endpoint_id)
+            if ep is None or ep.joined:
+                # No Leave came (or this is a retry whose record is gone): undo what Join
+                # did. After a Leave there is nothing left: it withdrew the record (or
+                # queued the withdrawal) and deleted the veth, so skip an etcd round trip
+                # and the netlink lookups on the usual path.
+                self.control.withdraw(network_id, endpoint_id)
+                self.kernel.remove_endpoint(network_id, endpoint_id)
             self.local.delete(endpoint_key(network_id, endpoint_id))
         if ep is None:
             log.info(
@@ -338,6 +382,8 @@ class NetworkDriverService:
         with self._locked(req.network_id):
             net = self._require_network(req.network_id)
             ep = self._require_endpoint(req.network_id, req.endpoint_id)
+            if net.encrypted:
+                self.encryption.require_support(req.network_id)
             spec = EndpointSpec(
                 network_id=req.network_id, endpoint_id=req.endpoint_id, mac=ep.mac, mtu=net.mtu
             )
@@ -386,6 +432,10 @@ class NetworkDriverService:
     def discover_delete(self, node: NodeDiscovery) -> None:
         log.debug("DiscoverDelete for node %s", node.address)
 
+    def rotate_keys(self) -> Rotation:
+        """``swarmnet rotate-keys``: a new IPsec key generation for every encrypted network."""
+        return self.encryption.rotate()
+
     # -- start-up ------------------------------------------------------------
 
     def reconcile(self) -> list[str]:
@@ -399,6 +449,9 @@ class NetworkDriverService:
             net = NetworkRecord.from_json(raw)
             nets[names.short(net.network_id)] = net
         present = self.kernel.network_ids()
+        encrypted = {n.network_id for n in nets.values() if n.encrypted}
+        # Block and in policies before any encrypted network's VXLAN device is (re)made.
+        changes += self.encryption.prepare_host(encrypted)
         for short_id, net in nets.items():
             with self._locked(net.network_id):
                 if short_id not in present:
@@ -409,13 +462,16 @@ class NetworkDriverService:
             self.kernel.remove_network(short_id)
             changes.append(f"network {short_id}: removed orphan namespace")
         joined: set[str] = set()
+        alive: set[str] = set()  # joined endpoints whose veth is still in their network
         for net in nets.values():
             stored = {
                 names.short(EndpointRecord.from_json(v).endpoint_id): EndpointRecord.from_json(v)
                 for v in self.local.list(endpoint_prefix(net.network_id)).values()
             }
             joined |= {k for k, ep in stored.items() if ep.joined}
-            for short_eid in sorted(self.kernel.endpoint_ids(net.network_id)):
+            veths = self.kernel.endpoint_ids(net.network_id)
+            alive |= {ep.endpoint_id for k, ep in stored.items() if ep.joined and k in veths}
+            for short_eid in sorted(veths):
                 ep = stored.get(short_eid)
                 if ep is None or not ep.joined:
                     self.kernel.remove_endpoint(net.network_id, short_eid)
@@ -425,9 +481,21 @@ class NetworkDriverService:
                     )
         for link in self.kernel.remove_orphan_links(joined):
             changes.append(f"link {link}: removed orphan")
+        # Until the control plane's snapshots come, a network's peers are its FDB's VTEPs.
+        seeds = {nid: {p.vtep for p in self.kernel.peers(nid)} for nid in sorted(encrypted)}
+        changes += self.encryption.reconcile(seeds)
         self.control.start(self._on_snapshot)
         for net in nets.values():
             self.control.watch(net.network_id)
         for ep in self._joined_endpoints():
-            self._publish(ep)
+            if ep.endpoint_id in alive:
+                self._publish(ep)
+                continue
+            # Its veth went with its container (a reboot, or the container died while
+            # dockerd was down). dockerd sends no Leave for it then, so never advertise
+            # it: other nodes would keep a stale entry for an address swarm may reuse.
+            self.control.withdraw(ep.network_id, ep.endpoint_id)
+            changes.append(
+                f"endpoint {names.short(ep.endpoint_id)}: not published, its veth is gone"
+            )
         return changes

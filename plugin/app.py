@@ -11,13 +11,14 @@ import uuid
 
 from flask import Flask
 
+from driver.encryption import Ipsec, NoIpsec
 from driver.kernel.port import Kernel
 from driver.peers import ControlPlane
 from driver.ports import KV
 from driver.service import NetworkDriverService
 from ipam.config import IpamConfig
 from ipam.service import IpamService
-from plugin import errors, routes
+from plugin import admin, errors, routes
 from plugin.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,13 @@ def _netlink_kernel(settings: Settings) -> Kernel:
     from driver.kernel.netlink import NetlinkKernel
 
     return NetlinkKernel(netns_dir=settings.netns_dir)
+
+
+def _netlink_ipsec() -> Ipsec:
+    from driver.kernel.ipsec import NetlinkIpsec
+
+    # The plugin runs in the host's network namespace ("network": "host").
+    return NetlinkIpsec(None)
 
 
 def _embedded_store(settings: Settings) -> KV:
@@ -65,8 +73,13 @@ def create_app(
     local: KV | None = None,
     shared: KV | None = None,
     control: ControlPlane | None = None,
+    ipsec: Ipsec | None = None,
     reconcile: bool = True,
 ) -> Flask:
+    if ipsec is None:
+        # The real xfrm goes with the real kernel; a test's fake kernel has no IPsec
+        # unless it brings one, so its encrypted networks are refused.
+        ipsec = _netlink_ipsec() if kernel is None else NoIpsec("the kernel in use has no IPsec")
     kernel = kernel if kernel is not None else _netlink_kernel(settings)
     local = local if local is not None else _embedded_store(settings)
     if shared is None and settings.etcd_endpoints:
@@ -80,7 +93,7 @@ def create_app(
     except ValueError as e:
         raise SettingsError(str(e)) from None
 
-    network = NetworkDriverService(settings.driver, kernel, local, shared, control)
+    network = NetworkDriverService(settings.driver, kernel, local, shared, control, ipsec)
     ipam = IpamService(
         local=local, shared=shared, config=ipam_config, host_networks=kernel.host_networks
     )
@@ -93,5 +106,6 @@ def create_app(
     app = Flask("swarmnet")
     app.extensions["swarmnet"] = routes.Services(network=network, ipam=ipam)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(admin.bp)
     errors.install(app)
     return app

@@ -1,12 +1,16 @@
-"""Command line: ``swarmnet plugin`` (the managed plugin's entrypoint) and
-``swarmnet serve`` (the same app in the foreground, for development and tests)."""
+"""Command line: ``swarmnet plugin`` (the managed plugin's entrypoint),
+``swarmnet serve`` (the same app in the foreground, for development and tests) and
+``swarmnet rotate-keys`` (new IPsec keys now, through a running plugin's socket)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
+import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,51 @@ def _run_gunicorn(settings: Settings) -> None:
     Server().run()
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("plugin", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def call_plugin(sock: Path, path: str, timeout: float = 60.0) -> tuple[int, Any]:
+    """POST an empty body to the plugin's socket, as dockerd does; (status, JSON reply)."""
+    conn = _UnixHTTPConnection(sock, timeout)
+    try:
+        conn.request("POST", path, body=b"{}", headers={"Content-Length": "2"})
+        resp = conn.getresponse()
+        text = resp.read()
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(text) if text else {}
+    except ValueError:
+        reply = {"Err": text.decode("utf-8", "replace")}
+    return resp.status, reply
+
+
+def _rotate_keys(sock: Path) -> int:
+    try:
+        status, reply = call_plugin(sock, "/Swarmnet.RotateKeys")
+    except OSError as e:
+        print(f"swarmnet: cannot reach the plugin at {sock}: {e}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(
+            f"swarmnet: rotate-keys failed ({status}): {reply.get('Err', reply)}", file=sys.stderr
+        )
+        return 1
+    print(
+        f"IPsec keys rotated: generation {reply['Previous']} -> {reply['Generation']}; "
+        "every node switches within a few seconds"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swarmnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,7 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--run-dir", type=Path, help="where network namespaces are bind-mounted (default RUN_DIR)"
     )
+    rotate = sub.add_parser(
+        "rotate-keys",
+        help="new IPsec keys for encrypted networks now (on any node; all nodes follow)",
+    )
+    rotate.add_argument(
+        "--socket",
+        type=Path,
+        help="the plugin's socket (default SOCKET; a managed plugin's is "
+        "/run/docker/plugins/<plugin id>/swarmnet.sock)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "rotate-keys":
+        return _rotate_keys(
+            args.socket or Path(os.environ.get("SOCKET") or settings_mod.DEFAULT_SOCKET)
+        )
 
     try:
         settings = settings_mod.from_env(os.environ)

@@ -24,6 +24,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 ROOT = "/swarmnet/v1"
 PEERS = f"{ROOT}/peers/"
 NODES = f"{ROOT}/nodes/"
+RESYNC_INTERVAL = 30.0  # seconds between full diffs of every watched network
 
 
 def peer_key(network_id: str, endpoint_id: str) -> str:
@@ -53,6 +55,10 @@ class EtcdControlPlane:
         self._dirty = True  # something we own may be missing from etcd
         self._lease: int | None = None
         self._state: dict[str, dict[str, PeerRecord]] = {}
+        # No snapshot before the first complete list: an empty state that only means
+        # "not read yet" would wipe the entries a previous run programmed (and, with
+        # etcd down at start, keep them wiped until it is back).
+        self._listed = False
         self._watched: set[str] = set()
         self._on_snapshot: OnSnapshot | None = None
         self._stop = threading.Event()
@@ -154,9 +160,26 @@ class EtcdControlPlane:
             self._pending_deletes -= deletes
         log.info("control plane: published %d endpoint(s) under lease %x", len(records), lease)
 
+    def _resync(self) -> None:
+        """Hand every watched network its snapshot again.
+
+        Programming a snapshot can fail (a transient kernel error); without a
+        new event in that network nothing would retry it. A periodic full
+        diff is cheap (it changes nothing when kernel and store agree) and
+        bounds how long any drift can last.
+        """
+        with self._lock:
+            watched = sorted(self._watched)
+        for nid in watched:
+            self._deliver(nid)
+
     def _keeper(self) -> None:
         interval = max(1.0, self.ttl / 3)
+        last_resync = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - last_resync >= RESYNC_INTERVAL:
+                last_resync = time.monotonic()
+                self._resync()
             try:
                 with self._lock:
                     lease, dirty = self._lease, self._dirty
@@ -195,7 +218,7 @@ class EtcdControlPlane:
 
     def _deliver(self, network_id: str) -> None:
         with self._lock:
-            if network_id not in self._watched or self._on_snapshot is None:
+            if not self._listed or network_id not in self._watched or self._on_snapshot is None:
                 return
             snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
             callback = self._on_snapshot
@@ -215,6 +238,7 @@ class EtcdControlPlane:
         with self._lock:
             old = set(self._state)
             self._state = state
+            self._listed = True
             watched = set(self._watched)
         for nid in (old | set(state)) & watched:
             self._deliver(nid)

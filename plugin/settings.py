@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driver.config import DEFAULT_VNI_RANGE, DriverConfig
+from driver.config import (
+    DEFAULT_VNI_RANGE,
+    ENCRYPTED_VXLAN_PORT,
+    KEY_ROTATION_INTERVAL,
+    DriverConfig,
+    EncryptionConfig,
+)
 from driver.kernel.port import IPAddress
 from driver.vni import VNI_MAX
 
@@ -76,6 +83,27 @@ def _vni_range(raw: str) -> tuple[int, int]:
     return lo, hi
 
 
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_ROTATION_INTERVAL = 60
+
+
+def _duration(name: str, raw: str, default: float) -> float:
+    """Seconds, or a number with s, m, h or d. 0 turns the timer off."""
+    text = raw.strip().lower()
+    if not text:
+        return default
+    m = _DURATION.match(text)
+    if m is None:
+        raise SettingsError(f"{name}={raw!r}: expected seconds or a duration like 30m, 12h, 2d")
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if 0 < seconds < MIN_ROTATION_INTERVAL:
+        raise SettingsError(
+            f"{name}={raw!r}: must be 0 (off) or at least {MIN_ROTATION_INTERVAL} seconds"
+        )
+    return float(seconds)
+
+
 def _address(name: str, raw: str) -> IPAddress | None:
     if not raw.strip():
         return None
@@ -94,12 +122,26 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in LOG_LEVELS:
         raise SettingsError(f"LOG_LEVEL={log_level!r}: must be one of {', '.join(LOG_LEVELS)}")
     mtu_raw = env.get("MTU", "").strip()
+    vxlan_port = _int(env, "VXLAN_PORT", 4789, 1, 65535)
+    encrypted_port = _int(env, "ENCRYPTED_VXLAN_PORT", ENCRYPTED_VXLAN_PORT, 1, 65535)
+    if encrypted_port == vxlan_port:
+        raise SettingsError(
+            f"ENCRYPTED_VXLAN_PORT={encrypted_port}: must differ from VXLAN_PORT, because "
+            "IPsec policies tell encrypted traffic from plain traffic by this port"
+        )
+    encryption = EncryptionConfig(
+        port=encrypted_port,
+        rotation_interval=_duration(
+            "KEY_ROTATION_INTERVAL", env.get("KEY_ROTATION_INTERVAL", ""), KEY_ROTATION_INTERVAL
+        ),
+    )
     driver = DriverConfig(
         scope=scope,
-        vxlan_port=_int(env, "VXLAN_PORT", 4789, 1, 65535),
+        vxlan_port=vxlan_port,
         vni_range=_vni_range(env.get("VNI_RANGE", "")),
         mtu=_int(env, "MTU", 1500, 626, 65535) if mtu_raw else None,
         data_path_addr=_address("DATA_PATH_ADDR", env.get("DATA_PATH_ADDR", "")),
+        encryption=encryption,
     )
     endpoints = tuple(e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip())
     for e in endpoints:

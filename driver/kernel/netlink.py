@@ -362,10 +362,11 @@ class NetlinkKernel:
         with self._lock(network_id), _errors(what):
             if nsfs.is_netns(self._path(network_id)):
                 with self._netns(network_id) as ns:
-                    # Deleting one end of a veth deletes the other, wherever it is.
+                    # Deleting one end of a veth deletes the other, wherever it is, so
+                    # the host side needs no second handle and lookup.
                     inner = _get_link(ns, names.veth_bridge(endpoint_id))
-                    if inner is not None:
-                        _delete_link(ns, int(inner["index"]))
+                    if inner is not None and _delete_link(ns, int(inner["index"])):
+                        return
             with self._host() as host:
                 outer = _get_link(host, names.veth_host(endpoint_id))
                 if outer is not None:

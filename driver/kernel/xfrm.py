@@ -365,8 +365,13 @@ class Xfrm:
             raise
 
     def list_sas(self) -> list[SecurityAssociation]:
+        """Every SA this module can represent.
+
+        SAs of kinds we never create (modes newer than BEET, ESP SPIs below
+        0x100) are left out rather than failing the whole listing.
+        """
         items = self._dump(lambda seq: wire.encode_sa_dump(seq=seq), "listing SAs")
-        return [wire.decode_sa(raw) for raw in items]
+        return [sa for sa in map(_decoded_sa, items) if sa is not None]
 
     def flush_sas(self, match: Callable[[SecurityAssociation], bool]) -> list[SAId]:
         """Delete every SA ``match`` accepts (ours, by reqid or mark). Returns their ids."""
@@ -418,12 +423,13 @@ class Xfrm:
     def list_policies(self) -> list[Policy]:
         """Main-type, non-socket policies (the only kind this module writes)."""
         items = self._dump(lambda seq: wire.encode_policy_dump(seq=seq), "listing policies")
-        return [
-            wire.decode_policy(raw)
+        policies = (
+            _decoded_policy(raw)
             for raw in items
             if wire.policy_direction(raw) <= Direction.FWD
             and wire.policy_type(raw) == wire.XFRM_POLICY_TYPE_MAIN
-        ]
+        )
+        return [p for p in policies if p is not None]
 
     def flush_policies(self, match: Callable[[Policy], bool]) -> list[PolicyId]:
         """Delete every policy ``match`` accepts. Returns their ids."""
@@ -436,6 +442,20 @@ class Xfrm:
 
 class _DumpInterrupted(Exception):
     pass
+
+
+def _decoded_sa(raw: bytes) -> SecurityAssociation | None:
+    try:
+        return wire.decode_sa(raw)
+    except ValueError:  # not a kind of SA we create: not ours
+        return None
+
+
+def _decoded_policy(raw: bytes) -> Policy | None:
+    try:
+        return wire.decode_policy(raw)
+    except ValueError:  # e.g. a template mode we never use: not ours
+        return None
 
 
 # ---------------------------------------------------------------- probe
@@ -453,7 +473,7 @@ def _esp_type_missing(x: Xfrm) -> bool | None:
     not tell (the null cipher is missing too).
     """
     what = "probing ESP with a null cipher"
-    spi = SPI_MIN + 1
+    spi = SPI_MIN + secrets.randbelow(0x7FFFFFFF)
     try:
         x._transact(
             lambda seq: wire.encode_null_esp_sa(_PROBE_SRC, _PROBE_DST, spi, _PROBE_REQID, seq),
@@ -472,19 +492,25 @@ def probe(netns: Netns = NEW_NETNS) -> ProbeResult:
 
     Installs one with a random throwaway key in a fresh network namespace
     (which vanishes with the socket, so nothing can be left behind) and
-    deletes it. Without CAP_SYS_ADMIN for a new namespace, pass ``netns=None``
-    to probe in the current one: the SA uses TEST-NET addresses, has no
-    policy pointing at it, and is deleted at once.
+    deletes it. Without CAP_SYS_ADMIN for a new namespace it probes in the
+    current one instead (or pass ``netns=None``): the SA uses TEST-NET
+    addresses and a random SPI, has no policy pointing at it, and is deleted
+    at once.
     """
     try:
         x = Xfrm(netns)
     except XfrmUnsupported as exc:
         return ProbeResult(False, exc.missing, str(exc))
+    except XfrmError as exc:
+        if not (netns is NEW_NETNS and exc.errno == errno.EPERM):
+            raise
+        return probe(None)  # no CAP_SYS_ADMIN for a namespace of our own
     with x:
         sa = SecurityAssociation(
             src=_PROBE_SRC,
             dst=_PROBE_DST,
-            spi=SPI_MIN,
+            # Random, so a probe in a shared namespace never meets another's SA.
+            spi=SPI_MIN + secrets.randbelow(0x7FFFFFFF),
             reqid=_PROBE_REQID,
             aead=AeadKey(secrets.token_bytes(20), 64),
             mode=Mode.TRANSPORT,

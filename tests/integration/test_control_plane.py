@@ -169,3 +169,24 @@ def test_watch_reconciles_entries_it_did_not_make(nodes: list[Node]) -> None:
     # The next change anywhere on the network triggers a full diff, which removes it.
     b = start_endpoint(nodes[0], "b" * 64, "10.20.0.3")
     wait_for(lambda: nodes[1].peers() == {a, b}, what="stale entry removed, new one added")
+
+
+def test_periodic_resync_repairs_drift_without_any_new_event(
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugin.controlplane as cp
+
+    monkeypatch.setattr(cp, "RESYNC_INTERVAL", 1.0)
+    a_node, b_node = make_node(etcd, "192.0.2.1"), make_node(etcd, "192.0.2.2")
+    try:
+        network_on(a_node)
+        network_on(b_node)
+        a = start_endpoint(a_node, "a" * 64, "10.20.0.2")
+        wait_for(lambda: b_node.peers() == {a}, what="node 2 to learn the endpoint")
+        # Drift: an entry vanishes from the kernel (e.g. programming failed, or an
+        # operator deleted it). No store event follows; the resync must restore it.
+        b_node.plugin.kernel.remove_peer(NET, a)
+        wait_for(lambda: b_node.peers() == {a}, timeout=TTL * 3, what="resync to restore it")
+    finally:
+        a_node.control.close()
+        b_node.control.close()

@@ -1,0 +1,93 @@
+"""DeleteEndpoint after a Leave skips the work Leave already did (issue 6, plugin call latency);
+without a Leave it still undoes Join: the veth goes and the record is withdrawn."""
+
+from __future__ import annotations
+
+from driver.kernel.fake import FakeKernel
+from driver.peers import OnSnapshot, PeerRecord
+from plugin.app import create_app
+from plugin.settings import from_env
+from plugin.store.memory import MemoryKV
+from tests.unit.conftest import Plugin
+from tests.unit.test_network_driver import EP, NET, create_body, endpoint_body, join_body
+
+IDS = {"NetworkID": NET, "EndpointID": EP}
+
+
+class RecordingControlPlane:
+    """The ControlPlane port, remembering what is published and every withdraw call."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, PeerRecord] = {}
+        self.withdrawals: list[str] = []
+
+    def start(self, on_snapshot: OnSnapshot) -> None:
+        return None
+
+    def watch(self, network_id: str) -> None:
+        return None
+
+    def unwatch(self, network_id: str) -> None:
+        return None
+
+    def publish(self, record: PeerRecord) -> None:
+        self.published[record.endpoint_id] = record
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        self.withdrawals.append(endpoint_id)
+        self.published.pop(endpoint_id, None)
+
+    def close(self) -> None:
+        return None
+
+
+def make() -> tuple[Plugin, RecordingControlPlane]:
+    kernel, store, control = FakeKernel(), MemoryKV(), RecordingControlPlane()
+    # Publishing needs this node's data-path address.
+    app = create_app(from_env({"DATA_PATH_ADDR": "192.0.2.1"}), kernel=kernel, local=store,
+                     shared=store, control=control)
+    return Plugin(client=app.test_client(), kernel=kernel, store=store), control
+
+
+def endpoint_keys(p: Plugin) -> list[str]:
+    return [k for k in p.store.list("/swarmnet/v1/local/") if "/endpoints/" in k]
+
+
+def test_delete_after_leave_does_not_withdraw_again() -> None:
+    p, control = make()
+    p.ok("/NetworkDriver.CreateNetwork", create_body())
+    p.ok("/NetworkDriver.CreateEndpoint", endpoint_body())
+    p.ok("/NetworkDriver.Join", join_body())
+    assert EP in control.published
+    p.ok("/NetworkDriver.Leave", IDS)
+    assert control.withdrawals == [EP] and control.published == {}
+    assert p.kernel.endpoint_ids(NET) == set() and p.kernel.host_links == set()
+
+    p.ok("/NetworkDriver.DeleteEndpoint", IDS)
+    assert control.withdrawals == [EP]  # nothing more to withdraw
+    assert endpoint_keys(p) == []
+
+
+def test_delete_without_leave_removes_the_veth_and_withdraws() -> None:
+    p, control = make()
+    p.ok("/NetworkDriver.CreateNetwork", create_body())
+    p.ok("/NetworkDriver.CreateEndpoint", endpoint_body())
+    p.ok("/NetworkDriver.Join", join_body())
+    assert p.kernel.host_links != set()
+
+    p.ok("/NetworkDriver.DeleteEndpoint", IDS)
+    assert control.withdrawals == [EP] and control.published == {}
+    assert p.kernel.endpoint_ids(NET) == set() and p.kernel.host_links == set()
+    assert endpoint_keys(p) == []
+    # A retry (the record is gone) is still a full, harmless clean-up.
+    p.ok("/NetworkDriver.DeleteEndpoint", IDS)
+    assert control.withdrawals == [EP, EP]
+
+
+def test_delete_of_an_endpoint_never_joined_needs_no_clean_up() -> None:
+    p, control = make()
+    p.ok("/NetworkDriver.CreateNetwork", create_body())
+    p.ok("/NetworkDriver.CreateEndpoint", endpoint_body())
+    p.ok("/NetworkDriver.DeleteEndpoint", IDS)
+    assert control.withdrawals == [] and endpoint_keys(p) == []
+    assert p.kernel.host_links == set()
