@@ -125,8 +125,9 @@ test-kernel:
 test-kernellab:
 	@if [ ! -x $(KERNEL_LAB)/run ]; then \
 		echo "FAIL: kernel-lab not found at $(KERNEL_LAB); the IPsec tests cannot run" >&2; exit 1; fi
-	@if ! ls /boot/vmlinuz-* >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null; then \
-		echo "FAIL: kernel-lab is not set up; run $(KERNEL_LAB)/setup first" >&2; exit 1; fi
+	@$(KERNEL_LAB)/setup >/tmp/swarmnet-kernel-lab-setup.log 2>&1 || { \
+		echo "FAIL: kernel-lab could not be set up ($(KERNEL_LAB)/setup):" >&2; \
+		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
 	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
 		$(abspath $(PYTHON)) -m pytest -q -m kernellab tests/kernellab $(PYTEST_ARGS)
 
