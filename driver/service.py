@@ -274,12 +274,27 @@ class NetworkDriverService:
         )
 
     def _record_vni(self, network_id: str, vni: int) -> None:
+        """Confirm the manager's VNI in the shared table: bookkeeping, not a condition.
+
+        The data path needs only the VNI that came with the request, so neither a
+        disagreeing table nor an unreachable shared store may stop a node from
+        creating the network (a container joining during an etcd outage needs it).
+        """
         try:
             self.vnis.allocate(network_id, vni)
         except Conflict as e:
             # Only possible when this node's store is not the manager's (several
             # managers without etcd); the VNI from AllocateNetwork still wins.
             log.warning("network %s: VNI table disagrees: %s", names.short(network_id), e)
+        except Exception as e:
+            if getattr(e, "http_status", 500) < 500:
+                raise
+            log.warning(
+                "network %s: could not confirm VNI %d in the shared store (%s); using it anyway",
+                names.short(network_id),
+                vni,
+                e,
+            )
 
     def delete_network(self, network_id: str) -> None:
         self.control.unwatch(network_id)

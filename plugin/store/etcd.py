@@ -57,6 +57,20 @@ class EtcdTLS:
     key: str = ""
 
 
+def _session(tls: EtcdTLS) -> Any:
+    import requests
+
+    session = requests.Session()
+    # Only our settings count: REQUESTS_CA_BUNDLE or a proxy in the environment
+    # must not silently replace ETCD_CA or route etcd traffic elsewhere.
+    session.trust_env = False
+    if tls.ca:
+        session.verify = tls.ca
+    if tls.cert and tls.key:
+        session.cert = (tls.cert, tls.key)
+    return session
+
+
 class EtcdKV:
     def __init__(
         self,
@@ -81,10 +95,8 @@ class EtcdKV:
                     host=parts.hostname or "localhost",
                     port=parts.port or 2379,
                     protocol=parts.scheme or "http",
-                    ca_cert=tls.ca or None,
-                    cert_cert=tls.cert or None,
-                    cert_key=tls.key or None,
                     timeout=timeout,
+                    session=_session(tls),
                 )
             )
         self._current = 0
@@ -97,6 +109,7 @@ class EtcdKV:
         from etcd3gw import exceptions
 
         errors: list[str] = []
+        refused = False
         with self._lock:
             start = self._current
         for i in range(len(self._clients)):
@@ -107,13 +120,16 @@ class EtcdKV:
                 errors.append(f"{self.endpoints[idx]}: {type(e).__name__}")
                 continue
             except exceptions.Etcd3Exception as e:
-                errors.append(f"{self.endpoints[idx]}: {e}")
+                # It answered, but refused: say so, this is not an outage.
+                refused = True
+                errors.append(f"{self.endpoints[idx]}: {type(e).__name__} {e}".strip())
                 continue
             if idx != start:
                 with self._lock:
                     self._current = idx
             return result
-        raise StoreUnavailable("etcd is unreachable (" + "; ".join(errors) + ")")
+        what = "etcd refused the request" if refused else "etcd is unreachable"
+        raise StoreUnavailable(f"{what} (" + "; ".join(errors) + ")")
 
     # -- KV port -----------------------------------------------------------
 

@@ -88,9 +88,7 @@ def start_endpoint(node: Node, eid: str, ip: str) -> Peer:
         "/NetworkDriver.CreateEndpoint",
         {"NetworkID": NET, "EndpointID": eid, "Interface": {"Address": f"{ip}/24"}},
     )
-    node.plugin.ok(
-        "/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": eid, "SandboxKey": "/x"}
-    )
+    node.plugin.ok("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": eid, "SandboxKey": "/x"})
     address = ipaddress.ip_address(ip)
     from driver.mac import from_ip
 
@@ -190,3 +188,42 @@ def test_periodic_resync_repairs_drift_without_any_new_event(
     finally:
         a_node.control.close()
         b_node.control.close()
+
+
+def test_a_restart_while_etcd_is_down_keeps_the_programmed_peers(etcd: EtcdServer) -> None:
+    a_node, b_node = make_node(etcd, "192.0.2.1"), make_node(etcd, "192.0.2.2")
+    restarted: EtcdControlPlane | None = None
+    try:
+        network_on(a_node)
+        network_on(b_node)
+        a = start_endpoint(a_node, "a" * 64, "10.20.0.2")
+        wait_for(lambda: b_node.peers() == {a}, what="node 2 to learn the endpoint")
+
+        etcd.stop()
+        # Restart node 2's plugin: same kernel, same local store, a new control plane
+        # that cannot list anything yet. An empty "not read yet" state must not wipe
+        # the entries the previous run programmed.
+        b_node.control.close()
+        restarted = EtcdControlPlane(EtcdKV([etcd.url], timeout=1), ttl=TTL, node=b_node.vtep)
+        create_app(
+            from_env({"PEER_TTL": str(TTL)}),
+            kernel=b_node.plugin.kernel,
+            local=b_node.plugin.store,
+            shared=EtcdKV([etcd.url], timeout=1),
+            control=restarted,
+        )
+        time.sleep(TTL + 1)
+        assert b_node.peers() == {a}
+
+        etcd.start()
+        wait_for(
+            lambda: restarted is not None and restarted.connected.is_set(),
+            timeout=20,
+            what="the restarted node to reconnect",
+        )
+        time.sleep(1)
+        assert b_node.peers() == {a}
+    finally:
+        a_node.control.close()
+        if restarted is not None:
+            restarted.close()

@@ -7,6 +7,9 @@ import pytest
 from driver import names
 from driver.kernel.fake import FakeKernel
 from driver.kernel.port import NetworkSpec
+from driver.peers import PeerRecord
+from plugin.app import create_app
+from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
 from tests.unit.conftest import Plugin, make_plugin
 
@@ -342,3 +345,53 @@ def test_state_survives_a_restart_and_reconcile_repairs_the_kernel() -> None:
     assert kernel.host_links == set()
     info = second.ok("/NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
     assert info["Value"]["joined"] is True
+
+
+class RecordingControlPlane:
+    """A ControlPlane that records what the driver asks of it."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+        self.withdrawn: list[str] = []
+        self.watched: set[str] = set()
+
+    def start(self, on_snapshot: object) -> None:
+        return None
+
+    def watch(self, network_id: str) -> None:
+        self.watched.add(network_id)
+
+    def unwatch(self, network_id: str) -> None:
+        self.watched.discard(network_id)
+
+    def publish(self, record: PeerRecord) -> None:
+        self.published.append(record.endpoint_id)
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        self.withdrawn.append(endpoint_id)
+
+    def close(self) -> None:
+        return None
+
+
+def test_reconcile_republishes_live_endpoints_and_withdraws_those_whose_veth_is_gone() -> None:
+    store, kernel = MemoryKV(), FakeKernel()
+    first = make_plugin(store=store, kernel=kernel)
+    first.ok(
+        "/NetworkDriver.DiscoverNew",
+        {"DiscoveryType": 1, "DiscoveryData": {"Address": "192.0.2.10", "Self": True}},
+    )
+    first.ok("/NetworkDriver.CreateNetwork", create_body())
+    for ep, ip in ((EP, "10.10.0.2/24"), (EP2, "10.10.0.3/24")):
+        first.ok("/NetworkDriver.CreateEndpoint", endpoint_body(ep, address=ip))
+        first.ok("/NetworkDriver.Join", join_body(ep))
+        kernel.move_to_container(ep)
+    # EP2's container died while dockerd was down: its veth pair is gone, no Leave came.
+    kernel.networks[names.short(NET)].endpoints.pop(names.short(EP2))
+
+    control = RecordingControlPlane()
+    settings = from_env({})
+    create_app(settings, kernel=kernel, local=store, shared=store, control=control)
+    assert control.published == [EP]
+    assert control.withdrawn == [EP2]
+    assert control.watched == {NET}
