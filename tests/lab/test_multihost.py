@@ -32,7 +32,7 @@ import pytest
 from pyroute2 import NetNS
 
 from tests.lab.fixtures import plugin_build
-from tests.lab.lab import ETCD, IMAGE, Lab, LabError, Node, netns_pids
+from tests.lab.lab import ETCD, IMAGE, Lab, Node, netns_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -675,11 +675,6 @@ def test_etcd_outage_keeps_the_data_path_and_publishes_joins_when_it_is_back(
     assert_all_reach(lab, mine, dflt)
 
 
-@pytest.mark.xfail(strict=True, raises=LabError, reason=(
-    "bug: NetworkDriver.CreateNetwork on a node writes the VNI the manager chose into the "
-    "shared VNI table (driver/service.py create_network -> VniAllocator.allocate), so with etcd "
-    "down it fails with 503 'etcd is unreachable' and a join on a node that does not have the "
-    "network yet fails (docker: 'attaching to network failed ... context deadline exceeded')"))
 def test_etcd_outage_join_on_a_node_new_to_the_network(
         lab: Lab, plugin: str, cleanup: list[str]) -> None:
     """As above, but the joining node has no instance of the network yet, so its CreateNetwork
