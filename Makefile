@@ -142,6 +142,12 @@ test-lab:
 
 test: deps lint test-unit test-integration test-kernel test-kernellab test-e2e test-lab
 
+# Issue 6: swarmnet-overlay vs Docker's overlay on its own 3-node lab (docs/benchmarks.md).
+# QUICK=1 for fewer runs (about 4.5 min); BENCH_ARGS for any `python -m bench.run` flag.
+BENCH_ARGS ?=
+bench:
+	$(PYTHON) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
 # --- the multi-host lab by hand ---
 
 lab-up:   ## e.g. make lab-up LAB_ARGS="--nodes 3 --plugin build/plugin"
