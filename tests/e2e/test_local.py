@@ -72,6 +72,31 @@ def test_local_scope_with_plugin_ipam(local_host: DockerHost) -> None:
         remove_everything(h)
 
 
+def test_local_scope_ipam_honours_subnet_gateway_range_and_aux_addresses(
+    local_host: DockerHost,
+) -> None:
+    h = local_host
+    create_network(
+        h,
+        "lo3",
+        "--ipam-driver",
+        PLUGIN_NAME,
+        "--subnet",
+        "10.232.3.0/24",
+        "--gateway",
+        "10.232.3.1",
+        "--ip-range",
+        "10.232.3.128/25",
+        "--aux-address",
+        "reserved=10.232.3.128",
+    )
+    boxes = [run_box(h, f"l3{c}", "lo3") for c in "ab"]
+    ips = sorted(b.ip for b in boxes)
+    # From the range, in order, skipping the reserved aux address.
+    assert ips == ["10.232.3.129", "10.232.3.130"], ips
+    assert_all_ping(h, boxes)
+
+
 def test_plain_name_without_tag_is_not_found_standalone(local_host: DockerHost) -> None:
     out = local_host.docker("network", "create", "-d", "swarmnet-overlay", "plain", check=False)
     assert out.returncode != 0

@@ -7,9 +7,11 @@ namespace mount behind.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -355,3 +357,84 @@ def test_coexists_with_builtin_overlay(swarm_host: DockerHost) -> None:
     a_ov = a
     assert can_ping(h, b, a_sw.ip) and can_ping(h, a_sw, b.ip)
     assert can_ping(h, o, a_ov.ip) and can_ping(h, a_ov, o.ip)
+
+
+# -- IPAM through the Docker CLI (issue 3) ------------------------------------------------
+
+
+def ipam_subnet(h: DockerHost, name: str) -> str:
+    """The subnet swarm's manager got from our IPAM for network NAME (allocated asynchronously)."""
+    found: list[str] = []
+
+    def allocated() -> bool:
+        ipam = network_info(h, name)["IPAM"]
+        config = ipam.get("Config") if isinstance(ipam, dict) else None
+        if config:
+            found.append(config[0]["Subnet"])
+            return True
+        return False
+
+    wait_for(f"the IPAM allocation of {name}", allocated, 30)
+    return found[-1]
+
+
+def test_networks_without_subnet_get_consecutive_subnets_in_order(swarm_host: DockerHost) -> None:
+    h = swarm_host
+
+    def make(name: str) -> ipaddress.IPv4Network:
+        create_network(h, name, "--attachable", "--ipam-driver", PLUGIN_NAME)
+        return ipaddress.IPv4Network(ipam_subnet(h, name))
+
+    a, b, c = make("ord1"), make("ord2"), make("ord3")
+    assert a.prefixlen == b.prefixlen == c.prefixlen == 24
+    step = a.num_addresses
+    assert int(b.network_address) - int(a.network_address) == step, (a, b)
+    assert int(c.network_address) - int(b.network_address) == step, (b, c)
+    h.docker("network", "rm", "ord2")
+    # In order after the last one handed out, not back into the hole (that comes after
+    # the pools wrap around: tests/unit/test_ipam_routes.py).
+    d = make("ord4")
+    assert int(d.network_address) - int(c.network_address) == step, (c, d)
+    e = make("ord5")
+    assert int(e.network_address) - int(d.network_address) == step, (d, e)
+
+
+def test_subnet_gateway_and_range_are_honoured(swarm_host: DockerHost) -> None:
+    h = swarm_host
+    create_network(
+        h,
+        "rng1",
+        "--attachable",
+        "--ipam-driver",
+        PLUGIN_NAME,
+        "--subnet",
+        "10.231.6.0/24",
+        "--gateway",
+        "10.231.6.1",
+        "--ip-range",
+        "10.231.6.128/25",
+    )
+    assert ipam_subnet(h, "rng1") == "10.231.6.0/24"
+    config = network_info(h, "rng1")["IPAM"]["Config"][0]  # type: ignore[index]
+    assert config["Gateway"] == "10.231.6.1" and config["IPRange"] == "10.231.6.128/25"
+    box = run_box(h, "rng1a", "rng1")
+    addr = ipaddress.IPv4Address(box.ip)
+    assert addr in ipaddress.IPv4Network("10.231.6.128/25"), box.ip
+    # Not asserted here: that the aux address is skipped. swarmkit's allocator never
+    # tells a remote IPAM about --aux-address (neither RequestPool nor RequestAddress
+    # carries it), so in swarm scope a task can get one, as with Docker's own IPAM.
+    # The local-scope test (test_local.py) checks that it is reserved there.
+
+
+def test_containers_started_at_the_same_moment_never_share_an_address(
+    swarm_host: DockerHost,
+) -> None:
+    h = swarm_host
+    create_network(h, "race1", "--attachable", "--ipam-driver", PLUGIN_NAME)
+    ipam_subnet(h, "race1")
+    names = [f"race1c{i}" for i in range(6)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        boxes = list(pool.map(lambda n: run_box(h, n, "race1"), names))
+    ips = [b.ip for b in boxes]
+    assert len(set(ips)) == len(ips), ips
+    assert_all_ping(h, boxes[:3])
