@@ -88,6 +88,10 @@ class ControlPlane(Protocol):
 
     def close(self) -> None: ...
 
+    def describe(self) -> str:
+        """One line for status output: which store, and whether it is reachable."""
+        ...
+
 
 class LocalControlPlane:
     """One host, no shared store: there are no remote endpoints to learn."""
@@ -109,6 +113,9 @@ class LocalControlPlane:
 
     def close(self) -> None:
         return None
+
+    def describe(self) -> str:
+        return "local (single host, no shared store)"
 
 
 def converge(

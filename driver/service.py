@@ -362,6 +362,38 @@ class NetworkDriverService:
         )
         return None if req.mac is not None else mac
 
+    def status(self) -> Mapping[str, object]:
+        """What an operator asks first: which networks, how many endpoints and peers each.
+
+        Read-only, from the store and the kernel; never key material.
+        """
+        networks = []
+        for raw in self.local.list(NETWORKS_PREFIX).values():
+            net = NetworkRecord.from_json(raw)
+            eps = [
+                EndpointRecord.from_json(v)
+                for v in self.local.list(endpoint_prefix(net.network_id)).values()
+            ]
+            networks.append(
+                {
+                    "NetworkID": net.network_id,
+                    "VNI": net.vni,
+                    "MTU": net.mtu,
+                    "Internal": net.internal,
+                    "Encrypted": net.encrypted,
+                    "Endpoints": len(eps),
+                    "Joined": sum(1 for ep in eps if ep.joined),
+                    "RemotePeers": len(self.kernel.peers(net.network_id)),
+                }
+            )
+        vtep = self._vtep().vtep
+        return {
+            "Scope": self.config.scope,
+            "VTEP": str(vtep) if vtep else "",
+            "ControlPlane": self.control.describe(),
+            "Networks": networks,
+        }
+
     def endpoint_info(self, network_id: str, endpoint_id: str) -> Mapping[str, object]:
         ep = self._require_endpoint(network_id, endpoint_id)
         net = self._require_network(network_id)

@@ -25,3 +25,9 @@ def rotate_keys() -> dict[str, Any]:
     """A new IPsec key generation; every node switches to it with no packet lost."""
     rotation = services().network.rotate_keys()
     return {"Previous": rotation.previous, "Generation": rotation.current}
+
+
+@bp.post("/Swarmnet.Status")
+def status() -> dict[str, Any]:
+    """Networks with their VNI, MTU, endpoint and remote-peer counts; the control plane's state."""
+    return dict(services().network.status())

@@ -117,6 +117,31 @@ def _rotate_keys(sock: Path) -> int:
     return 0
 
 
+def _status(sock: Path) -> int:
+    try:
+        code, reply = call_plugin(sock, "/Swarmnet.Status")
+    except OSError as e:
+        print(f"swarmnet: cannot reach the plugin at {sock}: {e}", file=sys.stderr)
+        return 1
+    if code != 200:
+        print(f"swarmnet: status failed ({code}): {reply.get('Err', reply)}", file=sys.stderr)
+        return 1
+    print(f"scope {reply['Scope']}, VTEP {reply['VTEP'] or '(not known yet)'}")
+    print(f"control plane: {reply['ControlPlane']}")
+    header = ("NETWORK", "VNI", "MTU", "ENDPOINTS", "JOINED", "PEERS")
+    print(
+        f"{header[0]:<26} {header[1]:>8} {header[2]:>6} {header[3]:>9} {header[4]:>6} "
+        f"{header[5]:>6}  FLAGS"
+    )
+    for n in reply["Networks"]:
+        flags = ",".join(f for f in ("internal", "encrypted") if n[f.capitalize()])
+        print(
+            f"{n['NetworkID'][:25]:<26} {n['VNI']:>8} {n['MTU']:>6} {n['Endpoints']:>9} "
+            f"{n['Joined']:>6} {n['RemotePeers']:>6}  {flags}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swarmnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the plugin's socket (default SOCKET; a managed plugin's is "
         "/run/docker/plugins/<plugin id>/swarmnet.sock)",
     )
+    status = sub.add_parser("status", help="networks, endpoints and peers of a running plugin")
+    status.add_argument("--socket", type=Path, help="the plugin's socket (default SOCKET)")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return _status(args.socket or Path(os.environ.get("SOCKET") or settings_mod.DEFAULT_SOCKET))
     if args.command == "rotate-keys":
         return _rotate_keys(
             args.socket or Path(os.environ.get("SOCKET") or settings_mod.DEFAULT_SOCKET)

@@ -119,6 +119,10 @@ class EtcdControlPlane:
                 self._pending_deletes.add(key)
             self._mark_dirty()
 
+    def describe(self) -> str:
+        state = "connected" if self.connected.is_set() else "NOT connected"
+        return f"etcd {','.join(self.kv.endpoints)} ({state}, lease TTL {self.ttl}s)"
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()

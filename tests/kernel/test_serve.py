@@ -160,6 +160,17 @@ def test_serve_end_to_end_on_a_unix_socket(server: Server) -> None:
     host_ns = f"/run/netns/{server.netns}"
     assert joined["InterfaceName"]["SrcName"] in links_in(host_ns)
 
+    # The operator's view, through the CLI on the same socket.
+    out = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "status", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith(NET))
+    assert row.split()[1:6] == [vni, "1450", "1", "1", "0"], out
+
     # Malformed input: 4xx naming the field, never a traceback, nothing made.
     for raw, field in [
         (b"{oops", "JSON"),

@@ -10,6 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from driver.kernel.fake import FakeKernel
+from driver.peers import OnSnapshot, PeerRecord
 from plugin.app import create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
@@ -55,3 +56,34 @@ def plugin() -> Iterator[Plugin]:
 def fixture(name: str) -> Any:
     """A request body captured from a real dockerd (tests/unit/fixtures/dockerd)."""
     return json.loads((FIXTURES / name).read_text())
+
+
+class RecordingControlPlane:
+    """The ControlPlane port, remembering what is published, watched and withdrawn."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, PeerRecord] = {}
+        self.withdrawals: list[str] = []
+        self.watched: set[str] = set()
+
+    def start(self, on_snapshot: OnSnapshot) -> None:
+        return None
+
+    def watch(self, network_id: str) -> None:
+        self.watched.add(network_id)
+
+    def unwatch(self, network_id: str) -> None:
+        self.watched.discard(network_id)
+
+    def publish(self, record: PeerRecord) -> None:
+        self.published[record.endpoint_id] = record
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        self.withdrawals.append(endpoint_id)
+        self.published.pop(endpoint_id, None)
+
+    def close(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "recording (test)"

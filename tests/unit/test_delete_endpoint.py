@@ -4,48 +4,25 @@ without a Leave it still undoes Join: the veth goes and the record is withdrawn.
 from __future__ import annotations
 
 from driver.kernel.fake import FakeKernel
-from driver.peers import OnSnapshot, PeerRecord
 from plugin.app import create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
-from tests.unit.conftest import Plugin
+from tests.unit.conftest import Plugin, RecordingControlPlane
 from tests.unit.test_network_driver import EP, NET, create_body, endpoint_body, join_body
 
 IDS = {"NetworkID": NET, "EndpointID": EP}
 
 
-class RecordingControlPlane:
-    """The ControlPlane port, remembering what is published and every withdraw call."""
-
-    def __init__(self) -> None:
-        self.published: dict[str, PeerRecord] = {}
-        self.withdrawals: list[str] = []
-
-    def start(self, on_snapshot: OnSnapshot) -> None:
-        return None
-
-    def watch(self, network_id: str) -> None:
-        return None
-
-    def unwatch(self, network_id: str) -> None:
-        return None
-
-    def publish(self, record: PeerRecord) -> None:
-        self.published[record.endpoint_id] = record
-
-    def withdraw(self, network_id: str, endpoint_id: str) -> None:
-        self.withdrawals.append(endpoint_id)
-        self.published.pop(endpoint_id, None)
-
-    def close(self) -> None:
-        return None
-
-
 def make() -> tuple[Plugin, RecordingControlPlane]:
     kernel, store, control = FakeKernel(), MemoryKV(), RecordingControlPlane()
     # Publishing needs this node's data-path address.
-    app = create_app(from_env({"DATA_PATH_ADDR": "192.0.2.1"}), kernel=kernel, local=store,
-                     shared=store, control=control)
+    app = create_app(
+        from_env({"DATA_PATH_ADDR": "192.0.2.1"}),
+        kernel=kernel,
+        local=store,
+        shared=store,
+        control=control,
+    )
     return Plugin(client=app.test_client(), kernel=kernel, store=store), control
 
 

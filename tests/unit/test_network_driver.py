@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from driver import names
 from driver.kernel.fake import FakeKernel
-from driver.kernel.port import NetworkSpec
-from driver.peers import PeerRecord
+from driver.kernel.port import NetworkSpec, Peer
 from plugin.app import create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
-from tests.unit.conftest import Plugin, make_plugin
+from tests.unit.conftest import Plugin, RecordingControlPlane, make_plugin
 
 NET = "q1w2e3r4t5y6u7i8o9p0asdfg"  # swarm network IDs: 25 lower-case alphanumerics
 NET2 = "zxcvbnmlkjhgfdsapoiuytrew"
@@ -347,33 +348,6 @@ def test_state_survives_a_restart_and_reconcile_repairs_the_kernel() -> None:
     assert info["Value"]["joined"] is True
 
 
-class RecordingControlPlane:
-    """A ControlPlane that records what the driver asks of it."""
-
-    def __init__(self) -> None:
-        self.published: list[str] = []
-        self.withdrawn: list[str] = []
-        self.watched: set[str] = set()
-
-    def start(self, on_snapshot: object) -> None:
-        return None
-
-    def watch(self, network_id: str) -> None:
-        self.watched.add(network_id)
-
-    def unwatch(self, network_id: str) -> None:
-        self.watched.discard(network_id)
-
-    def publish(self, record: PeerRecord) -> None:
-        self.published.append(record.endpoint_id)
-
-    def withdraw(self, network_id: str, endpoint_id: str) -> None:
-        self.withdrawn.append(endpoint_id)
-
-    def close(self) -> None:
-        return None
-
-
 def test_reconcile_republishes_live_endpoints_and_withdraws_those_whose_veth_is_gone() -> None:
     store, kernel = MemoryKV(), FakeKernel()
     first = make_plugin(store=store, kernel=kernel)
@@ -392,6 +366,45 @@ def test_reconcile_republishes_live_endpoints_and_withdraws_those_whose_veth_is_
     control = RecordingControlPlane()
     settings = from_env({})
     create_app(settings, kernel=kernel, local=store, shared=store, control=control)
-    assert control.published == [EP]
-    assert control.withdrawn == [EP2]
+    assert list(control.published) == [EP]
+    assert control.withdrawals == [EP2]
     assert control.watched == {NET}
+
+
+def test_status_reports_networks_endpoints_and_peers_without_secrets() -> None:
+    control = RecordingControlPlane()
+    store, kernel = MemoryKV(), FakeKernel()
+    app = create_app(
+        from_env({"DATA_PATH_ADDR": "192.0.2.1"}),
+        kernel=kernel,
+        local=store,
+        shared=store,
+        control=control,
+    )
+    plugin = Plugin(client=app.test_client(), kernel=kernel, store=store)
+    plugin.ok("/NetworkDriver.CreateNetwork", create_body())
+    plugin.ok("/NetworkDriver.CreateEndpoint", endpoint_body())
+    plugin.ok("/NetworkDriver.Join", join_body())
+    plugin.ok("/NetworkDriver.CreateEndpoint", endpoint_body(EP2, address="10.10.0.3/24"))
+    kernel.ensure_peer(
+        NET,
+        Peer(
+            ipaddress.ip_address("10.10.0.9"),
+            "02:42:0a:0a:00:09",
+            ipaddress.ip_address("192.0.2.2"),
+        ),
+    )
+    status = plugin.ok("/Swarmnet.Status")
+    assert status["VTEP"] == "192.0.2.1" and status["ControlPlane"] == "recording (test)"
+    assert status["Networks"] == [
+        {
+            "NetworkID": NET,
+            "VNI": 300,
+            "MTU": 1450,
+            "Internal": False,
+            "Encrypted": False,
+            "Endpoints": 2,
+            "Joined": 1,
+            "RemotePeers": 1,
+        }
+    ]
