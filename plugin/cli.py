@@ -35,8 +35,6 @@ def _setup_logging(level: str) -> None:
 def _run_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from plugin.app import create_app
-
     settings.socket.parent.mkdir(parents=True, exist_ok=True)
     if settings.socket.exists() or settings.socket.is_symlink():
         settings.socket.unlink()
@@ -66,7 +64,11 @@ def _run_gunicorn(settings: Settings) -> None:
                     self.cfg.set(key, value)
 
         def load(self) -> Any:
-            # Runs in the worker, after the fork.
+            # Runs in the worker, after the fork. Importing the app (Flask, pyroute2,
+            # the driver) only here keeps the arbiter process small: it only forks
+            # and watches the worker.
+            from plugin.app import create_app
+
             return create_app(settings)
 
     Server().run()
