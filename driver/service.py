@@ -255,6 +255,9 @@ class NetworkDriverService:
                 options=MappingProxyType(dict(req.options)),
             )
             with contextlib.ExitStack() as undo:
+                if existing is None and self.config.scope == "local":
+                    # No FreeNetwork follows a failed CreateNetwork in local scope.
+                    undo.callback(self.vnis.release, req.network_id)
                 if encrypted:
                     # The block and in policies exist before the VXLAN device does.
                     self.encryption.attach(req.network_id)

@@ -408,3 +408,19 @@ def test_status_reports_networks_endpoints_and_peers_without_secrets() -> None:
             "RemotePeers": 1,
         }
     ]
+
+
+def test_a_failed_create_network_in_local_scope_releases_its_vni() -> None:
+    kernel = FakeKernel()
+    plugin = make_plugin({"SCOPE": "local", "VNI_RANGE": "700-700"}, kernel=kernel)
+
+    class KernelDown(Exception):
+        http_status = 500
+
+    kernel.fail_next["ensure_network"] = KernelDown("netlink said no")
+    status, reply = plugin.call("/NetworkDriver.CreateNetwork", create_body(vni=None))
+    assert status == 500 and "netlink said no" in reply["Err"]
+    assert plugin.store.list("/swarmnet/v1/local/") == {}
+    # The only VNI in the range is free again.
+    plugin.ok("/NetworkDriver.CreateNetwork", create_body(NET2, vni=None))
+    assert kernel.networks[names.short(NET2)].spec.vni == 700
