@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from driver.messages import CreateEndpoint, CreateNetwork, IPData, Join
 from driver.service import NetworkDriverService
 from plugin.store.memory import MemoryKV
 from tests.kernel.lab import NetlinkHost, ipr_in, link
-from tests.kernellab.netlab import Capture
+from tests.kernellab.netlab import Capture, tcpdump
 from tests.unit.encryption_hub import Hub
 
 SWITCH_BRIDGE = "br0"
@@ -187,24 +186,11 @@ class HostLab:
     @contextmanager
     def capture(self, workdir: Path, name: str = "underlay") -> Iterator[Capture]:
         """tcpdump on the switch's bridge: every packet between the hosts."""
-        pcap, errlog = workdir / f"{name}.pcap", workdir / f"{name}.err"
-        result = Capture([])
-        with errlog.open("w") as err:
-            cmd = ["nsenter", f"--net={self.switch}", "tcpdump", "-Z", "root", "-U",
-                   "--immediate-mode", "-nn", "-i", SWITCH_BRIDGE, "-w", str(pcap)]  # fmt: skip
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 60
-            while "listening on" not in errlog.read_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"tcpdump did not start: {errlog.read_text()}")
-                time.sleep(0.05)
+        with tcpdump(
+            ["nsenter", f"--net={self.switch}"],
+            SWITCH_BRIDGE,
+            workdir / f"{name}.pcap",
+            workdir / f"{name}.err",
+            timeout=60,
+        ) as result:
             yield result
-            time.sleep(0.3)  # let the last packets reach the file
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        text = subprocess.run(
-            ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, timeout=120
-        ).stdout
-        result.lines.extend(text.splitlines())

@@ -155,20 +155,20 @@ class Capture:
 
 
 @contextmanager
-def capture(host: Host, workdir: Path) -> Iterator[Capture]:
-    """tcpdump on the host's underlay veth for the duration of the block."""
-    pcap = workdir / f"{host.ns}.pcap"
-    errlog = workdir / f"{host.ns}.tcpdump.err"
+def tcpdump(
+    enter: list[str], iface: str, pcap: Path, errlog: Path, timeout: float
+) -> Iterator[Capture]:
+    """tcpdump on IFACE, in the namespace ENTER's command puts it in, for the block.
+
+    The packets are read back into the Capture when the block ends.
+    """
     result = Capture([])
     with errlog.open("w") as err:
-        tcpdump = f"tcpdump -Z root -U --immediate-mode -nn -i {host.veth} -w {pcap}"
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, *tcpdump.split()],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+        cmd = [*enter, "tcpdump", "-Z", "root", "-U", "--immediate-mode", "-nn", "-i", iface,
+               "-w", str(pcap)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while "listening on" not in errlog.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tcpdump did not start: {errlog.read_text()}")
@@ -177,11 +177,24 @@ def capture(host: Host, workdir: Path) -> Iterator[Capture]:
         time.sleep(0.3)  # let the last packets reach the file
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     text = subprocess.run(
-        ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, timeout=60
+        ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, timeout=2 * timeout
     ).stdout
     result.lines.extend(text.splitlines())
+
+
+@contextmanager
+def capture(host: Host, workdir: Path) -> Iterator[Capture]:
+    """tcpdump on the host's underlay veth for the duration of the block."""
+    with tcpdump(
+        ["ip", "netns", "exec", host.ns],
+        host.veth,
+        workdir / f"{host.ns}.pcap",
+        workdir / f"{host.ns}.tcpdump.err",
+        timeout=30,
+    ) as result:
+        yield result
 
 
 @dataclass(frozen=True)

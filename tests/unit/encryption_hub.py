@@ -66,3 +66,6 @@ class HubPlane:
     def close(self) -> None:
         if self in self.hub.planes:
             self.hub.planes.remove(self)
+
+    def describe(self) -> str:
+        return "in-process hub (test)"
