@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,7 +62,17 @@ class PeerRecord:
 
 
 Snapshot = Mapping[str, PeerRecord]  # endpoint ID -> record, every node's endpoints
-OnSnapshot = Callable[[str, Snapshot], None]  # (network ID, snapshot)
+
+
+class OnSnapshot(Protocol):
+    def __call__(self, network_id: str, snapshot: Snapshot, *, recheck: bool = False) -> None:
+        """Program the network's remote peers to match ``snapshot``.
+
+        ``recheck`` asks for a comparison with what the kernel holds, not with
+        what was last programmed: the control plane sets it on its periodic
+        resync and after every (re)listing, so drift is bounded.
+        """
+        ...
 
 
 class ControlPlane(Protocol):
@@ -119,15 +129,15 @@ class LocalControlPlane:
 
 
 def converge(
-    kernel: Kernel, network_id: str, snapshot: Snapshot, local_vtep: IPAddress | None
+    kernel: Kernel, network_id: str, want: Set[Peer], have: Set[Peer] | None = None
 ) -> tuple[int, int]:
-    """Make the network's FDB and neighbour entries equal the snapshot's remote endpoints.
+    """Make the network's FDB and neighbour entries equal ``want``, the remote peers.
 
-    Endpoints on this node (same VTEP) are local and need no entry. Returns
-    (added, removed). The caller holds the network's lock.
+    ``have`` is what the caller knows the kernel holds; None reads it from the
+    kernel. Returns (added, removed). The caller holds the network's lock.
     """
-    want = {r.peer() for r in snapshot.values() if r.vtep != local_vtep}
-    have = kernel.peers(network_id)
+    if have is None:
+        have = kernel.peers(network_id)
     stale = have - want
     missing = want - have
     for peer in stale:

@@ -21,7 +21,7 @@ from driver.encryption import Encryption, Ipsec, NoIpsec
 from driver.errors import Conflict, InvalidArgument, UnknownObject
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import Rotation
-from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec
+from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec, Peer
 from driver.messages import (
     AllocateNetwork,
     CreateEndpoint,
@@ -82,6 +82,8 @@ class NetworkDriverService:
         )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # Per network, under its lock: the remote peers last programmed.
+        self._programmed: dict[str, frozenset[Peer]] = {}
 
     # -- helpers -------------------------------------------------------------
 
@@ -158,21 +160,33 @@ class NetworkDriverService:
             return
         self.control.publish(record)
 
-    def _on_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
+    def _on_snapshot(self, network_id: str, snapshot: Snapshot, *, recheck: bool = False) -> None:
+        local = self._vtep().vtep
+        want = frozenset(r.peer() for r in snapshot.values() if r.vtep != local)
         with self._locked(network_id):
             net = self._network(network_id)
+            # Most snapshots change nothing here (events about our own endpoints) or
+            # one peer: diff against what we last programmed instead of dumping the
+            # FDB and neighbour table every time. The control plane's periodic
+            # recheck compares with the kernel, so drift cannot last.
+            have = None if recheck else self._programmed.pop(network_id, None)
+            self._programmed.pop(network_id, None)
             if net is None:
                 return
-            local = self._vtep().vtep
-            if not net.encrypted:
-                converge(self.kernel, network_id, snapshot, local)
+            if have == want:
+                self._programmed[network_id] = want
                 return
-            # SAs and policies for a new peer before its FDB entries (if this raises,
-            # no entry is made: fail closed); a departed peer's pair after its entries.
-            vteps = {r.vtep for r in snapshot.values() if r.vtep != local}
-            self.encryption.add_peers(network_id, vteps)
-            converge(self.kernel, network_id, snapshot, local)
-            self.encryption.set_peers(network_id, vteps)
+            if not net.encrypted:
+                converge(self.kernel, network_id, want, have)
+            else:
+                # SAs and policies for a new peer before its FDB entries (if this raises,
+                # no entry is made: fail closed); a departed peer's pair after its entries.
+                vteps = {p.vtep for p in want}
+                self.encryption.add_peers(network_id, vteps)
+                converge(self.kernel, network_id, want, have)
+                self.encryption.set_peers(network_id, vteps)
+            # Only after success: after a failure the next snapshot diffs with the kernel.
+            self._programmed[network_id] = want
 
     def _mtu(self, options: Mapping[str, str], encrypted: bool = False) -> int:
         raw = options.get(OPT_MTU)
@@ -262,6 +276,7 @@ class NetworkDriverService:
                     # The block and in policies exist before the VXLAN device does.
                     self.encryption.attach(req.network_id)
                     undo.callback(self.encryption.detach, req.network_id)
+                self._programmed.pop(req.network_id, None)
                 self.kernel.ensure_network(self._spec(net))
                 undo.callback(self.kernel.remove_network, req.network_id)
                 self.local.put(network_key(req.network_id), net.to_json())
@@ -313,6 +328,7 @@ class NetworkDriverService:
                 self.control.withdraw(network_id, eid)
                 self.kernel.remove_endpoint(network_id, eid)
                 self.local.delete(key)
+            self._programmed.pop(network_id, None)
             self.kernel.remove_network(network_id)
             if (net is not None and net.encrypted) or self.encryption.attached(network_id):
                 # After the VXLAN device is gone; before the record, so a retry repeats it.
@@ -415,11 +431,10 @@ class NetworkDriverService:
             ep = self._endpoint(network_id, endpoint_id)
             if ep is None or ep.joined:
                 # No Leave came (or this is a retry whose record is gone): undo what Join
-                # did. After a Leave there is nothing left: it withdrew the record (or
-                # queued the withdrawal) and deleted the veth, so skip an etcd round trip
-                # and the netlink lookups on the usual path.
+                # did. After a Leave there is nothing left: it withdrew the record and
+                # retired the veth, so skip the netlink work on the usual path.
                 self.control.withdraw(network_id, endpoint_id)
-                self.kernel.remove_endpoint(network_id, endpoint_id)
+                self.kernel.retire_endpoint(network_id, endpoint_id)
             self.local.delete(endpoint_key(network_id, endpoint_id))
         if ep is None:
             log.info(
@@ -443,6 +458,8 @@ class NetworkDriverService:
                 joined = ep.with_join(req.sandbox_key)
                 self.local.put(endpoint_key(req.network_id, req.endpoint_id), joined.to_json())
                 undo.pop_all()
+            # Under the lock, so a Leave cannot slip in between and be overtaken.
+            # Publishing only queues the record; the control plane's thread sends it.
             self._publish(joined)
         log.info(
             "endpoint %s: joined sandbox %s via %s",
@@ -456,7 +473,8 @@ class NetworkDriverService:
         with self._locked(network_id):
             ep = self._endpoint(network_id, endpoint_id)
             self.control.withdraw(network_id, endpoint_id)
-            self.kernel.remove_endpoint(network_id, endpoint_id)
+            # The veth is deleted in the background: the kernel takes 15-20 ms for it.
+            self.kernel.retire_endpoint(network_id, endpoint_id)
             if ep is not None:
                 self.local.put(endpoint_key(network_id, endpoint_id), ep.with_leave().to_json())
         log.info("endpoint %s: left", names.short(endpoint_id))

@@ -19,8 +19,11 @@ class KV(Protocol):
       and stores what it returns (None deletes the key), atomically: no other
       write to ``key`` lands between the read and the write. Adapters do this
       with compare-and-swap and retry, so ``fn`` may run several times and must
-      be pure. If ``fn`` raises, nothing is written and the exception
-      propagates. Returns what was written (None if the key is now absent).
+      be pure. An adapter may first run ``fn`` on a remembered value that is
+      out of date; it keeps only an outcome computed on the current value,
+      whether that outcome writes, leaves the value as it is, or raises. If
+      ``fn`` raises, nothing is written and the exception propagates. Returns
+      what was written (None if the key is now absent).
     """
 
     def get(self, key: str) -> bytes | None: ...

@@ -149,13 +149,9 @@ class IpamService:
         ref = self._decode(pool_id)
         space = self._spaces[ref.space]
         key = space.pool_key(ref.pool)
-        raw = space.kv.get(key)
-        if raw is None or ref.sub_key not in PoolRecord.decode(raw, key).holders:
-            log.info("ReleasePool %s: not allocated, nothing to release", ref)
-            return
 
         # Result: the deleted record, "kept" (other ranges still hold the pool), or
-        # None (someone released it meanwhile).
+        # None (not allocated: never, or released already).
         def step(current: bytes | None) -> tuple[bytes | None, PoolRecord | str | None]:
             if current is None:
                 return None, None
@@ -222,11 +218,9 @@ class IpamService:
                 log.info("ReleaseAddress %s: %s is never allocated", ref, address)
                 return
             raise
-        raw = space.kv.get(key)
-        if raw is None or not spans.contains(PoolRecord.decode(raw, key).used, off):
-            log.info("ReleaseAddress %s: %s is not allocated, nothing to release", ref, address)
-            return
 
+        # No read first: the update already tells "not allocated" apart, and a
+        # read would be a second etcd round trip on every container stop.
         def step(current: bytes | None) -> tuple[bytes | None, bool]:
             if current is None:
                 return None, False

@@ -38,6 +38,7 @@ ROOT = "/swarmnet/v1"
 PEERS = f"{ROOT}/peers/"
 NODES = f"{ROOT}/nodes/"
 RESYNC_INTERVAL = 30.0  # seconds between full diffs of every watched network
+TXN_BATCH = 64  # operations per etcd transaction (etcd's default limit is 128)
 
 
 def peer_key(network_id: str, endpoint_id: str) -> str:
@@ -52,6 +53,10 @@ class EtcdControlPlane:
         self._lock = threading.Lock()
         self._published: dict[tuple[str, str], PeerRecord] = {}
         self._pending_deletes: set[tuple[str, str]] = set()
+        # Written by the keeper in the order of the calls' last word per key:
+        # a record to put, or None to delete.
+        self._outbox: dict[tuple[str, str], PeerRecord | None] = {}
+        self._sending = False
         self._dirty = True  # something we own may be missing from etcd
         self._lease: int | None = None
         self._state: dict[str, dict[str, PeerRecord]] = {}
@@ -88,42 +93,39 @@ class EtcdControlPlane:
             self._watched.discard(network_id)
 
     def publish(self, record: PeerRecord) -> None:
+        """Queue the record; the keeper thread writes it (Join does not wait for etcd)."""
         key = (record.network_id, record.endpoint_id)
         with self._lock:
             self._published[key] = record
             self._pending_deletes.discard(key)
-            lease = self._lease
-        try:
-            if lease is None:
-                raise StoreUnavailable("no lease yet")
-            self.kv.put(peer_key(*key), record.to_json(), lease=lease)
-        except StoreUnavailable as e:
-            log.warning(
-                "endpoint %s: publishing deferred until etcd is back (%s)",
-                names.short(record.endpoint_id),
-                e,
-            )
-            self._mark_dirty()
+            self._outbox[key] = record
+        self._wake.set()
 
     def withdraw(self, network_id: str, endpoint_id: str) -> None:
         key = (network_id, endpoint_id)
         with self._lock:
             self._published.pop(key, None)
-        try:
-            self.kv.delete(peer_key(*key))
-        except StoreUnavailable:
-            log.warning(
-                "endpoint %s: withdrawal deferred until etcd is back", names.short(endpoint_id)
-            )
+            self._outbox[key] = None
+        self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued has been written (tests, shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             with self._lock:
-                self._pending_deletes.add(key)
-            self._mark_dirty()
+                if not self._outbox and not self._sending and not self._dirty:
+                    return True
+            self._wake.set()
+            time.sleep(0.01)
+        return False
 
     def describe(self) -> str:
         state = "connected" if self.connected.is_set() else "NOT connected"
         return f"etcd {','.join(self.kv.endpoints)} ({state}, lease TTL {self.ttl}s)"
 
     def close(self) -> None:
+        if self.connected.is_set():
+            self.flush(timeout=1.0)  # withdrawals queued just before a stop
         self._stop.set()
         self._wake.set()
         self._close_stream()
@@ -131,11 +133,6 @@ class EtcdControlPlane:
             t.join(timeout=5)
 
     # -- keeper ------------------------------------------------------------
-
-    def _mark_dirty(self) -> None:
-        with self._lock:
-            self._dirty = True
-        self._wake.set()
 
     def _grant(self) -> int:
         result = self.kv.call(
@@ -149,6 +146,10 @@ class EtcdControlPlane:
 
     def _republish(self, lease: int) -> None:
         with self._lock:
+            # Everything queued is a record we own or a withdrawal: this run covers it.
+            self._pending_deletes |= {k for k, v in self._outbox.items() if v is None}
+            self._pending_deletes -= set(self._published)
+            self._outbox.clear()
             records = list(self._published.values())
             deletes = set(self._pending_deletes)
         self.kv.put(
@@ -164,6 +165,39 @@ class EtcdControlPlane:
             self._pending_deletes -= deletes
         log.info("control plane: published %d endpoint(s) under lease %x", len(records), lease)
 
+    def _send(self, lease: int) -> None:
+        """Write what was queued since the last run, in one transaction per batch."""
+        with self._lock:
+            batch, self._outbox = self._outbox, {}
+            self._sending = bool(batch)
+        items = list(batch.items())
+        try:
+            for start in range(0, len(items), TXN_BATCH):
+                ops: list[dict[str, Any]] = []
+                for key, rec in items[start : start + TXN_BATCH]:
+                    if rec is None:
+                        ops.append({"request_delete_range": {"key": b64(peer_key(*key))}})
+                    else:
+                        put = {"key": b64(peer_key(*key)), "value": b64(rec.to_json())}
+                        ops.append({"request_put": {**put, "lease": lease}})
+                txn: dict[str, Any] = {"compare": [], "success": ops, "failure": []}
+
+                def commit(c: Any, t: dict[str, Any] = txn) -> Any:
+                    return c.post(c.get_url("/kv/txn"), json=t)
+
+                self.kv.call(commit)
+        except BaseException:
+            with self._lock:
+                # The full republish after reconnecting writes every record we own and
+                # deletes every withdrawn one; remember the withdrawals for it.
+                self._pending_deletes |= {k for k, v in batch.items() if v is None}
+                self._pending_deletes -= set(self._published)
+                self._dirty = True
+            raise
+        finally:
+            with self._lock:
+                self._sending = False
+
     def _resync(self) -> None:
         """Hand every watched network its snapshot again.
 
@@ -175,11 +209,12 @@ class EtcdControlPlane:
         with self._lock:
             watched = sorted(self._watched)
         for nid in watched:
-            self._deliver(nid)
+            self._deliver(nid, recheck=True)
 
     def _keeper(self) -> None:
         interval = max(1.0, self.ttl / 3)
         last_resync = time.monotonic()
+        next_keepalive = 0.0  # the first round grants a lease at once
         while not self._stop.is_set():
             if time.monotonic() - last_resync >= RESYNC_INTERVAL:
                 last_resync = time.monotonic()
@@ -187,12 +222,15 @@ class EtcdControlPlane:
             try:
                 with self._lock:
                     lease, dirty = self._lease, self._dirty
-                if lease is not None and self._keepalive(lease) <= 0:
-                    log.warning("control plane: lease %x expired; publishing again", lease)
-                    lease = None
-                if lease is None:
-                    lease = self._grant()
-                    dirty = True
+                if lease is None or time.monotonic() >= next_keepalive:
+                    # Woken for queued records only, the lease needs no round trip.
+                    if lease is not None and self._keepalive(lease) <= 0:
+                        log.warning("control plane: lease %x expired; publishing again", lease)
+                        lease = None
+                    if lease is None:
+                        lease = self._grant()
+                        dirty = True
+                    next_keepalive = time.monotonic() + interval
                 if dirty:
                     with self._lock:
                         self._lease, self._dirty = lease, False
@@ -200,6 +238,7 @@ class EtcdControlPlane:
                 else:
                     with self._lock:
                         self._lease = lease
+                    self._send(lease)
                 if not self.connected.is_set():
                     log.info("control plane: connected to etcd")
                 self.connected.set()
@@ -207,27 +246,30 @@ class EtcdControlPlane:
                 if self.connected.is_set():
                     log.warning("control plane: etcd unreachable: %s", e)
                 self.connected.clear()
+                next_keepalive = 0.0
                 with self._lock:
                     self._dirty = True
                 # A stream cut off without a FIN would otherwise hang the watcher.
                 self._close_stream()
             except Exception:
                 log.exception("control plane: keeper error")
+                next_keepalive = 0.0
                 with self._lock:
                     self._dirty = True
-            self._wake.wait(interval)
+            until_keepalive = next_keepalive - time.monotonic() if next_keepalive else interval
+            self._wake.wait(max(0.0, until_keepalive))
             self._wake.clear()
 
     # -- watcher -----------------------------------------------------------
 
-    def _deliver(self, network_id: str) -> None:
+    def _deliver(self, network_id: str, recheck: bool = False) -> None:
         with self._lock:
             if not self._listed or network_id not in self._watched or self._on_snapshot is None:
                 return
             snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
             callback = self._on_snapshot
         try:
-            callback(network_id, snapshot)
+            callback(network_id, snapshot, recheck=recheck)
         except Exception:
             log.exception("network %s: programming peers failed", names.short(network_id))
 
@@ -245,7 +287,8 @@ class EtcdControlPlane:
             self._listed = True
             watched = set(self._watched)
         for nid in (old | set(state)) & watched:
-            self._deliver(nid)
+            # Events may have been missed while listing again: compare with the kernel.
+            self._deliver(nid, recheck=True)
         return int(result["header"]["revision"])
 
     @staticmethod

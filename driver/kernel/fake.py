@@ -114,6 +114,10 @@ class FakeKernel:
             if net is not None:
                 net.endpoints.pop(names.short(endpoint_id), None)
 
+    def retire_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        self._maybe_fail("retire_endpoint")
+        self.remove_endpoint(network_id, endpoint_id)  # "soon" is "now" here
+
     def endpoint_ids(self, network_id: str) -> set[str]:
         with self._lock:
             net = self.networks.get(names.short(network_id))
@@ -125,6 +129,7 @@ class FakeKernel:
             self.host_links.discard(names.veth_host(endpoint_id))
 
     def ensure_peer(self, network_id: str, peer: Peer) -> None:
+        self._maybe_fail("ensure_peer")
         with self._lock:
             net = self.networks.get(names.short(network_id))
             if net is None:

@@ -11,19 +11,29 @@ Per endpoint, a veth pair: the host side (``names.veth_host``) in the host
 namespace for Docker to move into the container, the bridge side
 (``names.veth_bridge``) created directly in the network namespace.
 
-Every netlink handle is opened and closed per call. Calls on one network are
-serialised by a per-network lock; creating and deleting staging devices in the
-host namespace is serialised by one more lock.
+Every netlink handle is opened and closed per call: a pyroute2 0.9 handle keeps
+an event loop per thread, so one shared by request threads breaks. Calls on one
+network are serialised by a per-network lock; creating and deleting staging
+devices in the host namespace is serialised by one more lock. The bridge's
+ifindex is cached per network, so the usual Join is a single request.
+
+Deleting a veth pair costs the kernel 15-20 ms (it waits for an RCU grace
+period), most of it outside RTNL. Leave does not wait for that: it retires the
+pair (down, off the bridge, into ``RETIRED_GROUP``), and a reaper thread deletes
+every retired device of a namespace in one request, so one grace period covers
+a whole batch.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -54,12 +64,17 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 MAIN_TABLE = 254
 _GONE = (errno.ENOENT, errno.ENODEV)
+# The link group of retired veths (ASCII "sn"). Our namespaces hold only our devices.
+RETIRED_GROUP = 0x736E
+REAP_DELAY = 0.02  # seconds the reaper waits for more retirements to batch
 
 _HOST_PREFIX = names.veth_host("")
 _BRIDGE_PREFIX = names.veth_bridge("")
 _STAGING_PREFIX = names.vxlan_staging(0)[:-1]
 _VETH = re.compile(rf"^({re.escape(_HOST_PREFIX)}|{re.escape(_BRIDGE_PREFIX)})([0-9a-f]{{12}})$")
 _STAGING = re.compile(rf"^{re.escape(_STAGING_PREFIX)}[0-9]+$")
+
+log = logging.getLogger(__name__)
 
 Handle = Any  # a pyroute2 IPRoute; pyroute2 ships no type information
 Msg = Any  # a pyroute2 netlink message
@@ -74,6 +89,9 @@ class NetlinkKernel:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._staging_lock = threading.Lock()
+        # Per network (short ID), used and changed only under that network's lock.
+        self._bridges: dict[str, int] = {}  # the bridge's ifindex in the namespace
+        self._reaper = _Reaper(self._reap)
 
     # -- handles and locks -------------------------------------------------
 
@@ -98,11 +116,20 @@ class NetlinkKernel:
     def _netns(self, network_id: str) -> Iterator[Handle]:
         path = self._path(network_id)
         if not nsfs.is_netns(path):
+            self._forget(names.short(network_id))
             raise KernelError(f"network {names.short(network_id)}: namespace {path} does not exist")
         with _errors(f"open namespace {path}"):
             ipr = _ipr_on(nsfs.socket_in(path))
         with ipr:
             yield ipr
+
+    def _forget(self, short: str) -> None:
+        """Drop what is cached about a network. The caller holds its lock."""
+        self._bridges.pop(short, None)
+
+    def _host_fd(self) -> int:
+        # The calling thread's namespace, as an IPRoute opened here would be in.
+        return nsfs.open_fd(self._host_netns or Path("/proc/thread-self/ns/net"))
 
     # -- host facts --------------------------------------------------------
 
@@ -167,6 +194,7 @@ class NetlinkKernel:
         path = self._path(spec.network_id)
         with self._lock(spec.network_id), ExitStack() as undo:
             if not nsfs.is_netns(path):
+                self._forget(short)
                 # A plain file here is a crash between creating and mounting it.
                 with _errors(f"network {short}: create namespace {path}"):
                     nsfs.remove(path)
@@ -175,6 +203,7 @@ class NetlinkKernel:
             with self._netns(spec.network_id) as ns:
                 _set_up(ns, "lo", f"network {short}: lo")
                 bridge = self._ensure_bridge(ns, spec)
+                self._bridges[short] = bridge
                 self._ensure_vxlan(ns, bridge, spec)
             undo.pop_all()
 
@@ -297,6 +326,7 @@ class NetlinkKernel:
                     name = link.get("ifname") or ""
                     if name == names.VXLAN or _STAGING.match(name) or _VETH.match(name):
                         _delete_link(ns, int(link["index"]))
+        self._forget(names.short(network_id))
         with _errors(f"network {names.short(network_id)}: remove namespace {path}"):
             nsfs.remove(path)
 
@@ -311,51 +341,98 @@ class NetlinkKernel:
             f"network {names.short(spec.network_id)}: endpoint "
             f"{names.short(spec.endpoint_id)} ({links.host_side}/{links.bridge_side})"
         )
-        with (
-            self._lock(spec.network_id),
-            self._netns(spec.network_id) as ns,
-            self._host() as host,
-            _errors(what),
-        ):
-            bridge = _get_link(ns, names.BRIDGE)
-            if bridge is None:
-                raise KernelError(f"{what}: the network has no {names.BRIDGE}")
-            inner = _get_link(ns, links.bridge_side)
-            outer = _get_link(host, links.host_side)
-            with ExitStack() as undo:
-                if inner is None:
-                    if outer is not None:
-                        _delete_link(host, int(outer["index"]))
-                    fd = nsfs.open_fd(self._path(spec.network_id))
-                    try:
-                        host.link(
-                            "add",
-                            ifname=links.host_side,
-                            kind="veth",
-                            address=spec.mac,
-                            mtu=spec.mtu,
-                            peer={"ifname": links.bridge_side, "net_ns_fd": fd, "mtu": spec.mtu},
-                        )
-                    finally:
-                        os.close(fd)
-                    outer = _must_link(host, links.host_side)
-                    undo.callback(_delete_quietly, host, int(outer["index"]))
-                    inner = _must_link(ns, links.bridge_side)
-                elif outer is not None:
-                    # Not joined yet: the host side is still ours to correct.
-                    if outer.get("mtu") != spec.mtu:
-                        host.link("set", index=outer["index"], mtu=spec.mtu)
-                    if outer.get("address") != spec.mac:
-                        host.link("set", index=outer["index"], address=spec.mac)
-                index = int(inner["index"])
-                if inner.get("mtu") != spec.mtu:
-                    ns.link("set", index=index, mtu=spec.mtu)
-                if inner.get("master") != bridge["index"]:
-                    ns.link("set", index=index, master=bridge["index"])
-                if not inner["flags"] & IFF_UP:
-                    ns.link("set", index=index, state="up")
-                undo.pop_all()
+        with self._lock(spec.network_id), self._netns(spec.network_id) as ns, _errors(what):
+            if self._create_veth(ns, spec, links):
+                return links
+            # Something of this endpoint exists already (a retry, or a retired pair
+            # the reaper has not deleted yet): look before changing anything.
+            with self._host() as host:
+                self._ensure_veth(ns, host, spec, links, what)
         return links
+
+    def _create_veth(self, ns: Handle, spec: EndpointSpec, links: EndpointLinks) -> bool:
+        """The usual case in one request: the pair, enslaved and up. False on EEXIST.
+
+        The bridge side is the device created (so it can name its master and
+        state), the host side its peer, sent into the host namespace.
+        """
+        short = names.short(spec.network_id)
+        for attempt in (1, 2):
+            bridge = self._bridges.get(short)
+            if bridge is None:
+                link = _get_link(ns, names.BRIDGE)
+                if link is None:
+                    raise KernelError(f"network {short}: the network has no {names.BRIDGE}")
+                bridge = self._bridges[short] = int(link["index"])
+            fd = self._host_fd()
+            try:
+                ns.link(
+                    "add",
+                    ifname=links.bridge_side,
+                    kind="veth",
+                    mtu=spec.mtu,
+                    master=bridge,
+                    state="up",
+                    peer={
+                        "ifname": links.host_side,
+                        "address": spec.mac,
+                        "mtu": spec.mtu,
+                        "net_ns_fd": fd,
+                    },
+                )
+                return True
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    return False
+                if exc.code not in _GONE or attempt == 2:
+                    raise
+                self._bridges.pop(short, None)  # the bridge was remade: look it up again
+            finally:
+                os.close(fd)
+        return False  # unreachable: the second attempt returns or raises
+
+    def _ensure_veth(
+        self, ns: Handle, host: Handle, spec: EndpointSpec, links: EndpointLinks, what: str
+    ) -> None:
+        bridge = _get_link(ns, names.BRIDGE)
+        if bridge is None:
+            raise KernelError(f"{what}: the network has no {names.BRIDGE}")
+        inner = _get_link(ns, links.bridge_side)
+        if inner is not None and inner.get("group") == RETIRED_GROUP:
+            # Left, then joined again before the reaper came: start afresh.
+            _delete_link(ns, int(inner["index"]))
+            inner = None
+        outer = _get_link(host, links.host_side)
+        with ExitStack() as undo:
+            if inner is None:
+                if outer is not None:
+                    _delete_link(host, int(outer["index"]))
+                if not self._create_veth(ns, spec, links):
+                    raise KernelError(f"{what}: still exists after it was deleted")
+                undo.callback(self._delete_bridge_side_quietly, ns, links.bridge_side)
+                inner = _must_link(ns, links.bridge_side)
+            elif outer is not None:
+                # Not joined yet: the host side is still ours to correct.
+                if outer.get("mtu") != spec.mtu:
+                    host.link("set", index=outer["index"], mtu=spec.mtu)
+                if outer.get("address") != spec.mac:
+                    host.link("set", index=outer["index"], address=spec.mac)
+            index = int(inner["index"])
+            if inner.get("mtu") != spec.mtu:
+                ns.link("set", index=index, mtu=spec.mtu)
+            if inner.get("master") != bridge["index"]:
+                ns.link("set", index=index, master=bridge["index"])
+            if not inner["flags"] & IFF_UP:
+                ns.link("set", index=index, state="up")
+            undo.pop_all()
+
+    @staticmethod
+    def _delete_bridge_side_quietly(ns: Handle, name: str) -> None:
+        link = None
+        with suppress(NetlinkError, OSError):
+            link = _get_link(ns, name)
+        if link is not None:
+            _delete_quietly(ns, int(link["index"]))
 
     def remove_endpoint(self, network_id: str, endpoint_id: str) -> None:
         what = f"network {names.short(network_id)}: endpoint {names.short(endpoint_id)}"
@@ -367,12 +444,58 @@ class NetlinkKernel:
                     inner = _get_link(ns, names.veth_bridge(endpoint_id))
                     if inner is not None and _delete_link(ns, int(inner["index"])):
                         return
-            with self._host() as host:
-                outer = _get_link(host, names.veth_host(endpoint_id))
-                if outer is not None:
-                    _delete_link(host, int(outer["index"]))
+            self._remove_host_side(endpoint_id)
+
+    def _remove_host_side(self, endpoint_id: str) -> None:
+        with self._host() as host:
+            outer = _get_link(host, names.veth_host(endpoint_id))
+            if outer is not None:
+                _delete_link(host, int(outer["index"]))
+
+    def retire_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        what = f"network {names.short(network_id)}: endpoint {names.short(endpoint_id)}"
+        with self._lock(network_id), _errors(what):
+            if nsfs.is_netns(self._path(network_id)):
+                with self._netns(network_id) as ns:
+                    try:
+                        # One request: off the bridge, down, and marked for the reaper.
+                        ns.link(
+                            "set",
+                            ifname=names.veth_bridge(endpoint_id),
+                            master=0,
+                            state="down",
+                            group=RETIRED_GROUP,
+                        )
+                    except NetlinkError as exc:
+                        if exc.code not in _GONE:
+                            raise
+                    else:
+                        self._reaper.schedule(network_id)
+                        return
+            # No bridge side (half made, or the network is gone): nothing to batch.
+            self._remove_host_side(endpoint_id)
+
+    def _reap(self, network_id: str) -> None:
+        """Delete every retired device of the network in one request.
+
+        Runs on the reaper's thread with a handle of its own and without the
+        network's lock: the deletion waits for the kernel, and Joins need not.
+        """
+        path = self._path(network_id)
+        if not nsfs.is_netns(path):
+            return
+        with (
+            _errors(f"network {names.short(network_id)}: delete retired veths"),
+            _ipr_on(nsfs.socket_in(path)) as ns,
+        ):
+            _ignore_gone(lambda: ns.link("del", group=RETIRED_GROUP))
+
+    def settle(self) -> None:
+        """Wait until every retired device is deleted (tests, shutdown)."""
+        self._reaper.drain()
 
     def endpoint_ids(self, network_id: str) -> set[str]:
+        """Retired pairs are left out: they are gone as far as anyone should care."""
         if not nsfs.is_netns(self._path(network_id)):
             return set()
         with (
@@ -381,10 +504,17 @@ class NetlinkKernel:
             _errors(f"network {names.short(network_id)}: list endpoints"),
         ):
             found = set()
+            retired = False
             for link in ns.link("dump"):
                 match = _VETH.match(link.get("ifname") or "")
-                if match and match.group(1) == _BRIDGE_PREFIX:
+                if not match or match.group(1) != _BRIDGE_PREFIX:
+                    continue
+                if link.get("group") == RETIRED_GROUP:
+                    retired = True  # left behind by an earlier run: reap it now
+                else:
                     found.add(match.group(2))
+            if retired:
+                self._reaper.schedule(network_id)
             return found
 
     # -- peers -------------------------------------------------------------
@@ -460,6 +590,55 @@ class NetlinkKernel:
 
 
 # -- helpers ---------------------------------------------------------------
+
+
+class _Reaper:
+    """A thread that runs ``reap(network_id)`` for networks with retired devices.
+
+    Retirements that come within ``REAP_DELAY`` of each other share one call.
+    """
+
+    def __init__(self, reap: Callable[[str], None]) -> None:
+        self._reap = reap
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, network_id: str) -> None:
+        with self._cond:
+            self._pending.add(network_id)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="swarmnet-reaper", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending))
+                self._busy = True
+            time.sleep(REAP_DELAY)
+            with self._cond:
+                batch, self._pending = self._pending, set()
+            for network_id in sorted(batch):
+                try:
+                    self._reap(network_id)
+                except Exception:
+                    log.exception(
+                        "network %s: deleting retired veths failed; the next start "
+                        "or retirement tries again",
+                        names.short(network_id),
+                    )
+            with self._cond:
+                self._busy = bool(self._pending)
+                self._cond.notify_all()
 
 
 @contextmanager

@@ -108,6 +108,14 @@ class Kernel(Protocol):
         """Delete the veth pair, wherever its host side now is."""
         ...
 
+    def retire_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        """Take the veth pair out of service now and delete it soon, off the caller's path.
+
+        After the call the pair carries no traffic, is not in ``endpoint_ids``,
+        and ``ensure_endpoint`` with the same ID makes a fresh one.
+        """
+        ...
+
     def endpoint_ids(self, network_id: str) -> set[str]:
         """Short IDs (12 hex) of the endpoints whose bridge side exists in the network."""
         ...

@@ -1,9 +1,11 @@
 """The shared store across hosts: etcd v3 through its JSON gateway (etcd3gw).
 
-``update`` is a compare-and-swap loop: read the key with its mod revision, let
-the caller compute the new value, and commit only if nobody changed the key
-in between; otherwise read again and retry. That is what keeps VNI and IPAM
-allocation unique across swarm managers.
+``update`` is a compare-and-swap loop: take the key's value and mod revision,
+let the caller compute the new value, and commit only if nobody changed the
+key in between; otherwise take the current value and retry. That is what keeps
+VNI and IPAM allocation unique across swarm managers. The value it starts from
+is the one this process saw last (``etcd_cache``), so the steady state costs
+one round trip per update instead of a read plus a txn.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from plugin.store.etcd_cache import Seen, SeenCache
+
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 64
+# Keys whose last value ``update`` remembers: the IPAM index and pool records,
+# the VNI and IPsec tables. Past that, the least recently used costs a read.
+CACHE_SIZE = 512
 
 
 class StoreUnavailable(Exception):
@@ -78,6 +85,7 @@ class EtcdKV:
         tls: EtcdTLS | None = None,
         timeout: float = 5.0,
         client_factory: Callable[..., Any] | None = None,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         if not endpoints:
             raise ValueError("ETCD_ENDPOINTS: at least one endpoint is needed")
@@ -101,6 +109,7 @@ class EtcdKV:
             )
         self._current = 0
         self._lock = threading.Lock()
+        self._seen = SeenCache(cache_size)
 
     # -- endpoint failover -------------------------------------------------
 
@@ -133,26 +142,27 @@ class EtcdKV:
 
     # -- KV port -----------------------------------------------------------
 
-    def _range(self, key: str, range_end: str | None = None) -> list[dict[str, Any]]:
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(lambda c: c.post(c.get_url(path), json=payload))
+        return result
+
+    def _range(self, key: str, range_end: str | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {"key": b64(key)}
         if range_end is not None:
             payload["range_end"] = b64(range_end)
-        result = self.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
-        kvs: list[dict[str, Any]] = result.get("kvs", [])
-        return kvs
+        return self._post("/kv/range", payload)
 
     def get_with_revision(self, key: str) -> tuple[bytes | None, int]:
-        kvs = self._range(key)
-        if not kvs:
-            return None, 0
-        return base64.b64decode(kvs[0].get("value", "")), int(kvs[0]["mod_revision"])
+        seen = _seen(self._range(key))
+        self._seen.remember(key, seen, add=False)
+        return seen.value, seen.mod_revision
 
     def get(self, key: str) -> bytes | None:
         return self.get_with_revision(key)[0]
 
     def list(self, prefix: str) -> dict[str, bytes]:
         out = {}
-        for kv in self._range(prefix, prefix_end(prefix)):
+        for kv in self._range(prefix, prefix_end(prefix)).get("kvs", []):
             out[base64.b64decode(kv["key"]).decode()] = base64.b64decode(kv.get("value", ""))
         return dict(sorted(out.items()))
 
@@ -160,33 +170,92 @@ class EtcdKV:
         payload: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             payload["lease"] = lease
-        self.call(lambda c: c.post(c.get_url("/kv/put"), json=payload))
+        at = _revision(self._post("/kv/put", payload))
+        self._seen.remember(key, Seen(bytes(value), at, at), add=False)
 
     def delete(self, key: str) -> None:
-        payload = {"key": b64(key)}
-        self.call(lambda c: c.post(c.get_url("/kv/deleterange"), json=payload))
+        at = _revision(self._post("/kv/deleterange", {"key": b64(key)}))
+        self._seen.remember(key, Seen(None, 0, at), add=False)
 
     def update(self, key: str, fn: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """Compare-and-swap, starting from the copy of ``key`` this process saw last.
+
+        One round trip when that copy is current. When it is not, the failed txn
+        returns the current value, so the retry needs no read either. ``fresh``
+        tells whether ``seen`` came from etcd during this call: a decision that
+        writes nothing (``fn`` returns the value unchanged, or raises) is
+        trusted only on fresh data; on a cached copy it is confirmed with a txn
+        that compares the revision and changes nothing.
+        """
+        seen = self._seen.get(key)
+        fresh = seen is None
+        if seen is None:
+            seen = _seen(self._range(key))
+            self._seen.remember(key, seen)
         for attempt in range(MAX_ATTEMPTS):
-            current, revision = self.get_with_revision(key)
-            new = fn(current)
-            if new == current:
+            try:
+                new = fn(seen.value)
+            except Exception:
+                if fresh:
+                    raise
+                confirmed, seen = self._commit(key, seen, None, write=False)
+                if confirmed:
+                    raise
+                fresh = True
+                continue
+            write = new != seen.value
+            if not write and fresh:
                 return new
-            compare = [
-                {"key": b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": revision}
-            ]
-            if new is None:
-                success = [{"request_delete_range": {"key": b64(key)}}]
-            else:
-                success = [{"request_put": {"key": b64(key), "value": b64(new)}}]
-            txn: dict[str, Any] = {"compare": compare, "success": success, "failure": []}
-
-            def commit(c: Any, t: dict[str, Any] = txn) -> Any:
-                return c.post(c.get_url("/kv/txn"), json=t)
-
-            result = self.call(commit)
-            if result.get("succeeded"):
+            committed, now = self._commit(key, seen, new, write=write)
+            if committed:
                 return new
-            # Someone else changed the key: back off a little and try again.
-            time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 6))) * random.random())
+            if fresh:
+                # Someone else changed the key: back off a little and try again.
+                time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 6))) * random.random())
+            seen, fresh = now, True
         raise StoreConflict(f"{key}: gave up after {MAX_ATTEMPTS} compare-and-swap conflicts")
+
+    def _commit(self, key: str, seen: Seen, new: bytes | None, *, write: bool) -> tuple[bool, Seen]:
+        """One txn: if ``key`` is still at ``seen``'s revision, write ``new`` (if
+        ``write``); otherwise read it. Returns (committed, what the key is now)."""
+        k = b64(key)
+        # A missing key compares as mod revision 0, so this also guards creation.
+        compare = {"key": k, "result": "EQUAL", "target": "MOD", "mod_revision": seen.mod_revision}
+        success: list[dict[str, Any]] = []
+        if write and new is None:
+            success = [{"request_delete_range": {"key": k}}]
+        elif write:
+            success = [{"request_put": {"key": k, "value": b64(new or b"")}}]
+        txn = {"compare": [compare], "success": success, "failure": [{"request_range": {"key": k}}]}
+        try:
+            result = self._post("/kv/txn", txn)
+        except StoreUnavailable:
+            # The txn may or may not have been applied: drop the copy, read next time.
+            self._seen.forget(key)
+            raise
+        at = _revision(result)
+        if not result.get("succeeded"):
+            responses = result.get("responses") or [{}]
+            now = _seen(responses[0].get("response_range", {}), at)
+        elif not write:
+            now = Seen(seen.value, seen.mod_revision, at)
+        elif new is None:
+            now = Seen(None, 0, at)
+        else:
+            # A txn's writes all carry the revision it created.
+            now = Seen(bytes(new), at, at)
+        self._seen.remember(key, now)
+        return bool(result.get("succeeded")), now
+
+
+def _revision(response: dict[str, Any]) -> int:
+    return int(response.get("header", {}).get("revision", 0))
+
+
+def _seen(range_response: dict[str, Any], at: int | None = None) -> Seen:
+    """A range response for one key (kvs is left out when the key is absent)."""
+    at = _revision(range_response) if at is None else at
+    kvs = range_response.get("kvs") or []
+    if not kvs:
+        return Seen(None, 0, at)
+    return Seen(base64.b64decode(kvs[0].get("value", "")), int(kvs[0]["mod_revision"]), at)

@@ -13,6 +13,12 @@ Run it against an adapter by subclassing and providing a ``kv`` fixture::
 
 Every test writes only under its own random prefix (the ``ns`` fixture), so the
 suite can run against a shared store such as a real etcd.
+
+A subclass may also provide ``peer``: a second client of the same store, as
+another process (a second manager, a second gunicorn worker) would hold. The
+tests with two clients check that whatever a client remembers between calls
+(the etcd adapter's last-seen copy of a key) never outlives a change the other
+made. An in-memory store has no second client: ``peer`` is then ``kv`` itself.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ class KVContract:
     @pytest.fixture
     def kv(self) -> Iterator[KV]:
         raise NotImplementedError("a KVContract subclass must provide a `kv` fixture")
+
+    @pytest.fixture
+    def peer(self, kv: KV) -> Iterator[KV]:
+        yield kv
 
     @pytest.fixture
     def ns(self) -> str:
@@ -211,3 +221,110 @@ class KVContract:
             t.join(timeout=60)
         assert len(winners) == 1
         assert kv.get(key) == str(winners[0]).encode()
+
+    # -- two clients of one store ------------------------------------------------------
+
+    def test_two_clients_taking_turns_never_lose_an_update(self, kv: KV, peer: KV, ns: str) -> None:
+        key = ns + "counter"
+        for i in range(20):
+            (kv if i % 2 else peer).update(key, _increment)
+        assert kv.get(key) == peer.get(key) == b"20"
+
+    def test_two_clients_concurrently_never_lose_an_update(self, kv: KV, peer: KV, ns: str) -> None:
+        key = ns + "counter"
+        barrier = threading.Barrier(self.THREADS)
+        errors: list[BaseException] = []
+
+        def worker(client: KV) -> None:
+            try:
+                barrier.wait()
+                for _ in range(self.INCREMENTS):
+                    client.update(key, _increment)
+            except BaseException as e:  # reported below, in the test thread
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=worker, args=(kv if i % 2 else peer,))
+            for i in range(self.THREADS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "an update hung"
+        assert errors == []
+        assert kv.get(key) == str(self.THREADS * self.INCREMENTS).encode()
+
+    def test_update_after_the_other_client_deleted_the_key_sees_none(
+        self, kv: KV, peer: KV, ns: str
+    ) -> None:
+        key = ns + "k"
+        kv.update(key, lambda cur: b"1")
+        peer.delete(key)
+        assert kv.update(key, lambda cur: b"new" if cur is None else cur + b"+") == b"new"
+        assert peer.get(key) == b"new"
+        # And deleted through update, recreated with put.
+        peer.update(key, lambda cur: None)
+        kv.update(key, lambda cur: b"again" if cur is None else cur + b"+")
+        peer.put(key, b"put")
+        assert kv.update(key, lambda cur: (cur or b"none") + b"+") == b"put+"
+        assert peer.get(key) == b"put+"
+
+    def test_update_after_the_other_client_changed_the_key_sees_the_change(
+        self, kv: KV, peer: KV, ns: str
+    ) -> None:
+        key = ns + "k"
+        kv.update(key, lambda cur: b"a")
+        peer.update(key, lambda cur: (cur or b"") + b"b")
+        assert kv.update(key, lambda cur: (cur or b"") + b"c") == b"abc"
+        peer.put(key, b"x")
+        assert kv.update(key, lambda cur: (cur or b"") + b"y") == b"xy"
+        assert peer.get(key) == b"xy"
+
+    def test_a_no_op_is_decided_on_the_current_value(self, kv: KV, peer: KV, ns: str) -> None:
+        # "Is the address allocated? Then there is nothing to do": deciding that
+        # on a copy from before the other client freed it would lose the allocation.
+        key = ns + "address"
+        seen: list[bytes | None] = []
+
+        def allocate(current: bytes | None) -> bytes | None:
+            seen.append(current)
+            return current if current == b"allocated" else b"allocated"
+
+        kv.update(key, allocate)
+        peer.update(key, lambda cur: b"free")
+        assert kv.update(key, allocate) == b"allocated"
+        assert seen[-1] == b"free"
+        assert peer.get(key) == b"allocated"
+
+    def test_a_no_op_on_a_missing_key_is_decided_on_the_current_value(
+        self, kv: KV, peer: KV, ns: str
+    ) -> None:
+        key = ns + "k"
+        assert kv.update(key, lambda cur: None) is None
+        peer.put(key, b"there")
+        # Leaves the value as it is; returns what the key now holds.
+        assert kv.update(key, lambda cur: cur) == b"there"
+        assert kv.update(key, lambda cur: None if cur is None else cur + b"!") == b"there!"
+        assert peer.get(key) == b"there!"
+
+    def test_a_refusal_is_decided_on_the_current_value(self, kv: KV, peer: KV, ns: str) -> None:
+        # fn raising is a decision too ("the pool is not held"): not on an old copy.
+        key = ns + "pool"
+        kv.update(key, lambda cur: b"taken")
+        peer.update(key, lambda cur: b"free")
+
+        def claim(current: bytes | None) -> bytes | None:
+            if current == b"taken":
+                raise Boom("taken")
+            return b"mine"
+
+        assert kv.update(key, claim) == b"mine"
+        assert peer.get(key) == b"mine"
+        with pytest.raises(Boom):
+            peer.update(key, lambda cur: claim(b"taken" if cur == b"mine" else cur))
+        assert kv.get(key) == b"mine"
+
+
+def _increment(current: bytes | None) -> bytes:
+    return str(int(current or b"0") + 1).encode()

@@ -25,3 +25,9 @@ class TestSqliteKV(KVContract):
         store = SqliteKV(tmp_path / "kv.db")
         yield store
         store.close()
+
+    @pytest.fixture
+    def peer(self, kv: SqliteKV) -> Iterator[KV]:
+        store = SqliteKV(kv.path)
+        yield store
+        store.close()

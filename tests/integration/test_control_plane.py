@@ -157,18 +157,6 @@ def test_etcd_outage_keeps_the_kernel_and_publishes_new_joins_when_back(
     wait_for(lambda: nodes[1].peers() == {a, b}, timeout=20, what="republish after outage")
 
 
-def test_watch_reconciles_entries_it_did_not_make(nodes: list[Node]) -> None:
-    for n in nodes[:2]:
-        network_on(n)
-    a = start_endpoint(nodes[0], "a" * 64, "10.20.0.2")
-    wait_for(lambda: nodes[1].peers() == {a}, what="node 2 to learn the endpoint")
-    stale = Peer(ipaddress.ip_address("10.20.0.99"), "02:42:0a:14:00:63", a.vtep)
-    nodes[1].plugin.kernel.ensure_peer(NET, stale)
-    # The next change anywhere on the network triggers a full diff, which removes it.
-    b = start_endpoint(nodes[0], "b" * 64, "10.20.0.3")
-    wait_for(lambda: nodes[1].peers() == {a, b}, what="stale entry removed, new one added")
-
-
 def test_periodic_resync_repairs_drift_without_any_new_event(
     etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,9 +170,12 @@ def test_periodic_resync_repairs_drift_without_any_new_event(
         a = start_endpoint(a_node, "a" * 64, "10.20.0.2")
         wait_for(lambda: b_node.peers() == {a}, what="node 2 to learn the endpoint")
         # Drift: an entry vanishes from the kernel (e.g. programming failed, or an
-        # operator deleted it). No store event follows; the resync must restore it.
+        # operator deleted it), another appears that nobody published. No store event
+        # follows; the resync compares with the kernel and repairs both.
+        stale = Peer(ipaddress.ip_address("10.20.0.99"), "02:42:0a:14:00:63", a.vtep)
         b_node.plugin.kernel.remove_peer(NET, a)
-        wait_for(lambda: b_node.peers() == {a}, timeout=TTL * 3, what="resync to restore it")
+        b_node.plugin.kernel.ensure_peer(NET, stale)
+        wait_for(lambda: b_node.peers() == {a}, timeout=TTL * 3, what="resync to repair it")
     finally:
         a_node.control.close()
         b_node.control.close()
@@ -227,3 +218,24 @@ def test_a_restart_while_etcd_is_down_keeps_the_programmed_peers(etcd: EtcdServe
         a_node.control.close()
         if restarted is not None:
             restarted.close()
+
+
+def test_queued_publish_and_withdraw_reach_etcd_in_call_order(nodes: list[Node]) -> None:
+    """Join and Leave only queue their records; the keeper keeps the last word per key."""
+    node = nodes[0]
+    network_on(node)
+    wait_for(node.control.connected.is_set, what="the control plane to connect")
+    kv = node.control.kv
+    eids = [f"{i:02x}" * 32 for i in range(20)]
+    ids = {"NetworkID": NET}
+    for n, eid in enumerate(eids):
+        start_endpoint(node, eid, f"10.20.0.{10 + n}")
+    for eid in eids[::2]:  # at once, with the publications possibly still queued
+        node.plugin.ok("/NetworkDriver.Leave", {**ids, "EndpointID": eid})
+    assert node.control.flush(), "the keeper did not write the queue"
+    stored = {k.rsplit("/", 1)[1] for k in kv.list(f"/swarmnet/v1/peers/{NET}/")}
+    assert stored == set(eids[1::2])
+    # Joined again after the withdrawal: published again.
+    node.plugin.ok("/NetworkDriver.Join", {**ids, "EndpointID": eids[0], "SandboxKey": "/x"})
+    assert node.control.flush()
+    assert kv.get(f"/swarmnet/v1/peers/{NET}/{eids[0]}") is not None

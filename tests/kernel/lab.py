@@ -225,6 +225,10 @@ class Harness(Protocol):
 
     def expected_host_networks(self) -> set[IPNetwork]: ...
 
+    def settle(self) -> None:
+        """Wait for work the kernel does in the background (retired veths)."""
+        ...
+
 
 class FakeHarness:
     name = "fake"
@@ -258,6 +262,9 @@ class FakeHarness:
     def expected_host_networks(self) -> set[IPNetwork]:
         return {LOOPBACK, UNDERLAY_ADDR.network, ROUTED}
 
+    def settle(self) -> None:
+        return None
+
 
 class NetlinkHarness:
     name = "netlink"
@@ -290,3 +297,6 @@ class NetlinkHarness:
 
     def expected_host_networks(self) -> set[IPNetwork]:
         return {LOOPBACK, UNDERLAY_ADDR.network, ROUTED}
+
+    def settle(self) -> None:
+        self.host.kernel.settle()

@@ -165,6 +165,35 @@ def test_remove_endpoint_twice_joined_and_never_made(harness: Harness) -> None:
     assert harness.host_links() == set()
 
 
+def test_retired_endpoint_is_gone_at_once_and_can_be_made_again(harness: Harness) -> None:
+    harness.kernel.ensure_network(net_spec())
+    first = harness.kernel.ensure_endpoint(ep_spec())
+    other = harness.kernel.ensure_endpoint(ep_spec(EP2, mac="02:42:0a:0a:00:03"))
+    harness.kernel.retire_endpoint(NET, EP)
+    assert harness.kernel.endpoint_ids(NET) == {names.short(EP2)}
+    # Joined again before the deletion ran: a fresh, working pair, which the
+    # deletion of the retired one must not take with it.
+    again = harness.kernel.ensure_endpoint(ep_spec(mtu=1300))
+    assert again == first
+    harness.settle()
+    assert harness.kernel.endpoint_ids(NET) == {names.short(EP), names.short(EP2)}
+    assert harness.host_links() == {first.host_side, other.host_side}
+    assert harness.host_link(first.host_side) == (1300, "02:42:0a:0a:00:02")
+
+
+def test_retire_joined_twice_and_never_made(harness: Harness) -> None:
+    harness.kernel.retire_endpoint(NET, EP)  # no network
+    harness.kernel.ensure_network(net_spec())
+    harness.kernel.retire_endpoint(NET, EP)  # no endpoint
+    harness.kernel.ensure_endpoint(ep_spec())
+    harness.join(NET, EP)
+    harness.kernel.retire_endpoint(NET, EP)
+    harness.kernel.retire_endpoint(NET, EP)
+    harness.settle()
+    assert harness.kernel.endpoint_ids(NET) == set()
+    assert harness.host_links() == set()
+
+
 def test_endpoint_ids_of_a_missing_network_is_empty(harness: Harness) -> None:
     assert harness.kernel.endpoint_ids(NET) == set()
 

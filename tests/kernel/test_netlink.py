@@ -333,7 +333,7 @@ class FailOnMaster:
         return getattr(self.inner, name)
 
     def link(self, command: str, **kwarg: Any) -> Any:
-        if command == "set" and kwarg.get("master"):
+        if command in ("add", "set") and kwarg.get("master"):
             raise NetlinkError(errno.EPERM)
         return self.inner.link(command, **kwarg)
 
@@ -351,6 +351,16 @@ def test_failed_endpoint_leaves_no_veth(host: NetlinkHost, monkeypatch: pytest.M
     with pytest.raises(KernelError, match=rf"endpoint {names.short(EP)}.*not permitted"):
         host.kernel.ensure_endpoint(ep_spec())
     monkeypatch.undo()
+    assert host.our_links() == set()
+    assert host.kernel.endpoint_ids(NET) == set()
+
+
+def test_veth_the_kernel_cannot_enslave_is_not_left_behind(host: NetlinkHost) -> None:
+    """The pair, its master and its state are one request: the kernel undoes it whole."""
+    host.kernel.ensure_network(net_spec())
+    host.kernel._bridges[names.short(NET)] = 1  # lo: not a device anything can be enslaved to
+    with pytest.raises(KernelError, match=rf"endpoint {names.short(EP)}"):
+        host.kernel.ensure_endpoint(ep_spec())
     assert host.our_links() == set()
     assert host.kernel.endpoint_ids(NET) == set()
 
@@ -512,3 +522,39 @@ def test_two_hosts_talk_across_vxlan(two_hosts: tuple[NetlinkHost, NetlinkHost])
     assert udp_echo(in_b, in_a, "10.10.0.2")
     # A full-size datagram: 1450 inside plus 50 of VXLAN is exactly the underlay's 1500.
     assert udp_echo(in_a, in_b, "10.10.0.3", size=1450 - 28)
+
+
+# -- retired veths -------------------------------------------------------------------
+
+
+def test_retire_unplugs_at_once_and_one_request_deletes_the_batch(
+    host: NetlinkHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.kernel.ensure_network(net_spec())
+    endpoints = [f"{i:02x}" * 32 for i in range(6)]
+    for n, eid in enumerate(endpoints):
+        host.kernel.ensure_endpoint(ep_spec(eid, ip=f"10.10.0.{10 + n}"))
+    scheduled: list[str] = []
+    monkeypatch.setattr(host.kernel._reaper, "schedule", scheduled.append)
+    for eid in endpoints:
+        host.kernel.retire_endpoint(NET, eid)
+    assert scheduled == [NET] * len(endpoints)
+    with ipr_in(host.netns_dir / names.netns(NET)) as ipr:
+        for eid in endpoints:
+            veth = link(ipr, names.veth_bridge(eid))
+            assert veth is not None
+            assert veth.get("group") == netlink_module.RETIRED_GROUP
+            assert not veth["flags"] & IFF_UP
+            assert not veth.get("master")
+    # The plugin stopped before deleting them; the next run finds and deletes them,
+    # every one in the same request.
+    again = NetlinkKernel(netns_dir=host.netns_dir, host_netns=host.ns)
+    reaped: list[str] = []
+    reap = again._reaper._reap
+    monkeypatch.setattr(again._reaper, "_reap", lambda nid: (reaped.append(nid), reap(nid)))
+    assert again.endpoint_ids(NET) == set()
+    again.settle()
+    assert reaped == [NET]
+    assert host.our_links() == set()
+    with ipr_in(host.netns_dir / names.netns(NET)) as ipr:
+        assert all(link(ipr, names.veth_bridge(e)) is None for e in endpoints)

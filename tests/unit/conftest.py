@@ -65,9 +65,17 @@ class RecordingControlPlane:
         self.published: dict[str, PeerRecord] = {}
         self.withdrawals: list[str] = []
         self.watched: set[str] = set()
+        self.on_snapshot: OnSnapshot | None = None
 
     def start(self, on_snapshot: OnSnapshot) -> None:
-        return None
+        self.on_snapshot = on_snapshot
+
+    def deliver(self, network_id: str, records: list[PeerRecord], recheck: bool = False) -> None:
+        """Hand the driver a snapshot, as a real control plane's watch would."""
+        assert self.on_snapshot is not None, "the driver has not started the control plane"
+        self.on_snapshot(
+            network_id, {r.endpoint_id: r for r in records}, recheck=recheck
+        )
 
     def watch(self, network_id: str) -> None:
         self.watched.add(network_id)

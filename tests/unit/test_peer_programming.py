@@ -1,0 +1,92 @@
+"""Remote peers from snapshots: diffed against what was last programmed, and against
+the kernel when the control plane asks for a recheck or the last programming failed
+(issue 6: no FDB and neighbour dump per watch event)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from driver import mac
+from driver.kernel.fake import FakeKernel
+from driver.kernel.port import KernelError, Peer
+from driver.peers import PeerRecord
+from plugin.app import create_app
+from plugin.settings import from_env
+from plugin.store.memory import MemoryKV
+from tests.unit.conftest import Plugin, RecordingControlPlane
+from tests.unit.test_network_driver import NET, create_body
+
+LOCAL_VTEP = "192.0.2.1"
+
+
+class CountingKernel(FakeKernel):
+    """Counts how often the driver reads the peers back from the kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def peers(self, network_id: str) -> set[Peer]:
+        self.reads += 1
+        return super().peers(network_id)
+
+
+def make() -> tuple[Plugin, CountingKernel, RecordingControlPlane]:
+    kernel, store, control = CountingKernel(), MemoryKV(), RecordingControlPlane()
+    app = create_app(
+        from_env({"DATA_PATH_ADDR": LOCAL_VTEP}),
+        kernel=kernel,
+        local=store,
+        shared=store,
+        control=control,
+    )
+    p = Plugin(client=app.test_client(), kernel=kernel, store=store)
+    p.ok("/NetworkDriver.CreateNetwork", create_body())
+    return p, kernel, control
+
+
+def record(n: int, vtep: str = "192.0.2.2") -> PeerRecord:
+    ip = ipaddress.ip_address(f"10.0.0.{n}")
+    return PeerRecord(NET, f"{n:02x}" * 32, ip, mac.from_ip(ip), ipaddress.ip_address(vtep))
+
+
+def test_later_snapshots_change_the_kernel_without_reading_it() -> None:
+    _, kernel, control = make()
+    r1, r2, own = record(1), record(2), record(3, vtep=LOCAL_VTEP)
+    control.deliver(NET, [r1])
+    assert kernel.peers(NET) == {r1.peer()}
+    reads = kernel.reads
+    control.deliver(NET, [r1, own])  # an event about this node's own endpoint
+    control.deliver(NET, [r1, own, r2])
+    assert super(CountingKernel, kernel).peers(NET) == {r1.peer(), r2.peer()}
+    control.deliver(NET, [r2, own])
+    assert super(CountingKernel, kernel).peers(NET) == {r2.peer()}
+    assert kernel.reads == reads  # the checks above bypass the count
+
+
+def test_recheck_repairs_drift_that_the_last_programmed_set_cannot_see() -> None:
+    _, kernel, control = make()
+    r1 = record(1)
+    stale = record(9).peer()
+    control.deliver(NET, [r1])
+    kernel.remove_peer(NET, r1.peer())  # drift: an operator, or another program
+    kernel.ensure_peer(NET, stale)
+    control.deliver(NET, [r1])
+    assert kernel.peers(NET) == {stale}  # an ordinary event trusts what it programmed
+    control.deliver(NET, [r1], recheck=True)
+    assert kernel.peers(NET) == {r1.peer()}
+
+
+def test_after_a_failed_programming_the_next_snapshot_reads_the_kernel() -> None:
+    _, kernel, control = make()
+    r1, r2 = record(1), record(2)
+    control.deliver(NET, [r1])
+    kernel.fail_next["ensure_peer"] = KernelError("injected")
+    with pytest.raises(KernelError):
+        control.deliver(NET, [r1, r2])
+    reads = kernel.reads
+    control.deliver(NET, [r1, r2])
+    assert kernel.reads == reads + 1
+    assert super(CountingKernel, kernel).peers(NET) == {r1.peer(), r2.peer()}
