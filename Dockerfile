@@ -25,7 +25,7 @@ RUN set -eux; \
     find / -xdev -depth -name __pycache__ -type d -exec rm -rf {} +; \
     rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /var/cache/apt/* \
            /var/lib/apt/lists/* /var/log/*; \
-    /opt/swarmnet/bin/python -c 'import plugin.cli, plugin.app, gunicorn.app.base, gunicorn.workers.gthread, pyroute2, etcd3gw'
+    /opt/swarmnet/bin/python -c 'import plugin.cli, plugin.app, plugin.server, plugin.heap, waitress, pyroute2, etcd3gw'
 
 ENV PYTHONUNBUFFERED=1
 ENTRYPOINT ["/opt/swarmnet/bin/swarmnet", "plugin"]

@@ -1,9 +1,9 @@
 """The plugin's memory on every node: RSS (and PSS) summed over the plugin's processes.
 
 The processes are found by cgroup: a managed plugin runs in a cgroup named after its plugin id
-(``docker plugin inspect -f {{.Id}}``), which holds its process tree (the gunicorn master and
-its one worker). RSS counts pages the forked worker shares with the master twice, so the RSS
-sum is the pessimistic figure; PSS splits shared pages and is the honest total.
+(``docker plugin inspect -f {{.Id}}``), which holds its process tree (one process since the
+server is waitress; gunicorn had a master and a worker). Where there are several, RSS counts
+the pages they share twice, so the RSS sum is the pessimistic figure; PSS splits shared pages.
 
 Docker's overlay lives inside dockerd; it has no process of its own to weigh."""
 

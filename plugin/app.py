@@ -1,7 +1,7 @@
 """The composition root: the one place that chooses concrete adapters.
 
-``create_app`` runs inside the gunicorn worker (never at import time), so no
-socket, file or netlink handle is opened before the fork.
+``create_app`` runs once, when ``swarmnet plugin`` or ``swarmnet serve`` starts (or in a
+test), never at import time: importing opens no socket, file or netlink handle.
 """
 
 from __future__ import annotations

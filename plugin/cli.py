@@ -30,48 +30,27 @@ def _setup_logging(level: str) -> None:
     # pyroute2 logs every netlink message at debug: far too much, even for debugging.
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # waitress warns whenever a request waits for a free thread: routine at 16 at a time.
+    logging.getLogger("waitress.queue").setLevel(
+        logging.DEBUG if level == "debug" else logging.ERROR
+    )
 
 
-def _run_gunicorn(settings: Settings) -> None:
-    from gunicorn.app.base import BaseApplication
+def _serve(settings: Settings) -> int:
+    # One process. The socket is bound first, so dockerd's first call waits in the backlog
+    # while the app is built and reconciles.
+    from plugin import heap, server
+    from plugin.app import create_app
 
-    settings.socket.parent.mkdir(parents=True, exist_ok=True)
-    if settings.socket.exists() or settings.socket.is_symlink():
-        settings.socket.unlink()
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            cfg: dict[str, Any] = {
-                "bind": f"unix:{settings.socket}",
-                # One process: locks and caches are shared by every request.
-                # Threads give concurrency; the kernel work is serialised per network.
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": 16,
-                # Kernel and store calls can be slow on a loaded host; Docker waits too.
-                "timeout": 120,
-                # SIGTERM must not cost Docker its 10 s kill timeout.
-                "graceful_timeout": 3,
-                "loglevel": settings.log_level,
-                "accesslog": "-" if settings.log_level == "debug" else None,
-                "errorlog": "-",
-                "umask": 0o077,
-                # gunicorn 23+ opens a control socket under $HOME; the plugin has no use for it.
-                "control_socket_disable": True,
-            }
-            for key, value in cfg.items():
-                if key in self.cfg.settings:  # control_socket_disable is new in gunicorn 23
-                    self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            # Runs in the worker, after the fork. Importing the app (Flask, pyroute2,
-            # the driver) only here keeps the arbiter process small: it only forks
-            # and watches the worker.
-            from plugin.app import create_app
-
-            return create_app(settings)
-
-    Server().run()
+    with server.listening(settings.socket) as sock:
+        try:
+            app = create_app(settings)
+        except SettingsError as e:
+            print(f"swarmnet: bad setting: {e}", file=sys.stderr)
+            return 2
+        heap.start_trimming()
+        server.serve(app, sock, access=settings.log_level == "debug")
+    return 0
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -195,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.driver.vxlan_port,
         "-".join(map(str, settings.driver.vni_range)),
     )
-    _run_gunicorn(settings)
-    return 0
+    return _serve(settings)
 
 
 if __name__ == "__main__":

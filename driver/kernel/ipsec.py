@@ -1,7 +1,7 @@
 """The Ipsec port (``driver.encryption.Ipsec``) over NETLINK_XFRM (``driver.kernel.xfrm``).
 
 One ``Xfrm`` socket in the host namespace, opened on first use (never at import
-or before gunicorn forks) and kept: xfrm calls are a request and an ack each.
+or before the server starts) and kept: xfrm calls are a request and an ack each.
 ``probe()`` runs once and is cached: a kernel does not gain ESP while it runs.
 """
 

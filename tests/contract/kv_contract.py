@@ -15,7 +15,7 @@ Every test writes only under its own random prefix (the ``ns`` fixture), so the
 suite can run against a shared store such as a real etcd.
 
 A subclass may also provide ``peer``: a second client of the same store, as
-another process (a second manager, a second gunicorn worker) would hold. The
+another process (a second manager, a second plugin process) would hold. The
 tests with two clients check that whatever a client remembers between calls
 (the etcd adapter's last-seen copy of a key) never outlives a change the other
 made. An in-memory store has no second client: ``peer`` is then ``kv`` itself.

@@ -1,7 +1,7 @@
 """Concurrent requests never hand out the same address or subnet twice.
 
-Threads share one service (gunicorn threads), processes share one SQLite file
-(gunicorn workers, or two managers on one store).
+Threads share one service (the server's request threads), processes share one SQLite
+file (two plugin processes, or two managers on one store).
 """
 
 from __future__ import annotations
