@@ -500,6 +500,10 @@ class NetworkDriverService:
     def discover_delete(self, node: NodeDiscovery) -> None:
         log.debug("DiscoverDelete for node %s", node.address)
 
+    def close(self) -> None:
+        """On the way out: the control plane writes what is queued, then stops."""
+        self.control.close()
+
     def rotate_keys(self) -> Rotation:
         """``swarmnet rotate-keys``: a new IPsec key generation for every encrypted network."""
         return self.encryption.rotate()

@@ -49,7 +49,12 @@ def _serve(settings: Settings) -> int:
             print(f"swarmnet: bad setting: {e}", file=sys.stderr)
             return 2
         heap.start_trimming()
-        server.serve(app, sock, access=settings.log_level == "debug")
+        try:
+            server.serve(app, sock, access=settings.log_level == "debug")
+        finally:
+            # Withdrawals queued just before the signal still reach etcd, so other nodes
+            # drop those endpoints now rather than when this node's lease runs out.
+            app.extensions["swarmnet"].network.close()
     return 0
 
 

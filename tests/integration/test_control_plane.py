@@ -239,3 +239,16 @@ def test_queued_publish_and_withdraw_reach_etcd_in_call_order(nodes: list[Node])
     node.plugin.ok("/NetworkDriver.Join", {**ids, "EndpointID": eids[0], "SandboxKey": "/x"})
     assert node.control.flush()
     assert kv.get(f"/swarmnet/v1/peers/{NET}/{eids[0]}") is not None
+
+
+def test_close_writes_what_is_queued(nodes: list[Node]) -> None:
+    """The plugin closes its control plane on SIGTERM: a Leave just before still reaches etcd."""
+    node = nodes[0]
+    network_on(node)
+    wait_for(node.control.connected.is_set, what="the control plane to connect")
+    eid = "e" * 64
+    start_endpoint(node, eid, "10.20.0.50")
+    assert node.control.flush()
+    node.plugin.ok("/NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": eid})
+    node.control.close()
+    assert node.control.kv.get(f"/swarmnet/v1/peers/{NET}/{eid}") is None
