@@ -169,8 +169,8 @@ class NetworkDriverService:
             # one peer: diff against what we last programmed instead of dumping the
             # FDB and neighbour table every time. The control plane's periodic
             # recheck compares with the kernel, so drift cannot last.
-            have = None if recheck else self._programmed.pop(network_id, None)
-            self._programmed.pop(network_id, None)
+            known = self._programmed.pop(network_id, None)
+            have = None if recheck else known
             if net is None:
                 return
             if have == want:

@@ -40,11 +40,12 @@ def make_plugin(
     env: dict[str, str] | None = None,
     store: MemoryKV | None = None,
     kernel: FakeKernel | None = None,
+    control: RecordingControlPlane | None = None,
 ) -> Plugin:
     settings = from_env(env or {})
     kernel = kernel or FakeKernel()
     store = store or MemoryKV()
-    app = create_app(settings, kernel=kernel, local=store, shared=store)
+    app = create_app(settings, kernel=kernel, local=store, shared=store, control=control)
     return Plugin(client=app.test_client(), kernel=kernel, store=store)
 
 

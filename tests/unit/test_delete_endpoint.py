@@ -3,27 +3,16 @@ without a Leave it still undoes Join: the veth goes and the record is withdrawn.
 
 from __future__ import annotations
 
-from driver.kernel.fake import FakeKernel
-from plugin.app import create_app
-from plugin.settings import from_env
-from plugin.store.memory import MemoryKV
-from tests.unit.conftest import Plugin, RecordingControlPlane
+from tests.unit.conftest import Plugin, RecordingControlPlane, make_plugin
 from tests.unit.test_network_driver import EP, NET, create_body, endpoint_body, join_body
 
 IDS = {"NetworkID": NET, "EndpointID": EP}
 
 
 def make() -> tuple[Plugin, RecordingControlPlane]:
-    kernel, store, control = FakeKernel(), MemoryKV(), RecordingControlPlane()
+    control = RecordingControlPlane()
     # Publishing needs this node's data-path address.
-    app = create_app(
-        from_env({"DATA_PATH_ADDR": "192.0.2.1"}),
-        kernel=kernel,
-        local=store,
-        shared=store,
-        control=control,
-    )
-    return Plugin(client=app.test_client(), kernel=kernel, store=store), control
+    return make_plugin({"DATA_PATH_ADDR": "192.0.2.1"}, control=control), control
 
 
 def endpoint_keys(p: Plugin) -> list[str]:

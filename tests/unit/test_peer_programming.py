@@ -12,10 +12,7 @@ from driver import mac
 from driver.kernel.fake import FakeKernel
 from driver.kernel.port import KernelError, Peer
 from driver.peers import PeerRecord
-from plugin.app import create_app
-from plugin.settings import from_env
-from plugin.store.memory import MemoryKV
-from tests.unit.conftest import Plugin, RecordingControlPlane
+from tests.unit.conftest import Plugin, RecordingControlPlane, make_plugin
 from tests.unit.test_network_driver import NET, create_body
 
 LOCAL_VTEP = "192.0.2.1"
@@ -34,15 +31,8 @@ class CountingKernel(FakeKernel):
 
 
 def make() -> tuple[Plugin, CountingKernel, RecordingControlPlane]:
-    kernel, store, control = CountingKernel(), MemoryKV(), RecordingControlPlane()
-    app = create_app(
-        from_env({"DATA_PATH_ADDR": LOCAL_VTEP}),
-        kernel=kernel,
-        local=store,
-        shared=store,
-        control=control,
-    )
-    p = Plugin(client=app.test_client(), kernel=kernel, store=store)
+    kernel, control = CountingKernel(), RecordingControlPlane()
+    p = make_plugin({"DATA_PATH_ADDR": LOCAL_VTEP}, kernel=kernel, control=control)
     p.ok("/NetworkDriver.CreateNetwork", create_body())
     return p, kernel, control
 
