@@ -170,29 +170,32 @@ class KVContract:
         assert kv.get(ns + "b") == b"2"
 
     def test_concurrent_updates_never_lose_one(self, kv: KV, ns: str) -> None:
-        key = ns + "counter"
+        self._count_concurrently([kv], ns + "counter", read=kv)
+
+    def _count_concurrently(self, clients: list[KV], key: str, read: KV) -> None:
+        """THREADS threads, taking the clients in turn, each add INCREMENTS to ``key``."""
         barrier = threading.Barrier(self.THREADS)
         errors: list[BaseException] = []
 
-        def increment(current: bytes | None) -> bytes:
-            return str(int(current or b"0") + 1).encode()
-
-        def worker() -> None:
+        def worker(client: KV) -> None:
             try:
                 barrier.wait()
                 for _ in range(self.INCREMENTS):
-                    kv.update(key, increment)
+                    client.update(key, _increment)
             except BaseException as e:  # reported below, in the test thread
                 errors.append(e)
 
-        threads = [threading.Thread(target=worker) for _ in range(self.THREADS)]
+        threads = [
+            threading.Thread(target=worker, args=(clients[i % len(clients)],))
+            for i in range(self.THREADS)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
         assert not any(t.is_alive() for t in threads), "an update hung"
         assert errors == []
-        assert kv.get(key) == str(self.THREADS * self.INCREMENTS).encode()
+        assert read.get(key) == str(self.THREADS * self.INCREMENTS).encode()
 
     def test_concurrent_create_if_absent_has_one_winner(self, kv: KV, ns: str) -> None:
         key = ns + "claim"
@@ -231,29 +234,7 @@ class KVContract:
         assert kv.get(key) == peer.get(key) == b"20"
 
     def test_two_clients_concurrently_never_lose_an_update(self, kv: KV, peer: KV, ns: str) -> None:
-        key = ns + "counter"
-        barrier = threading.Barrier(self.THREADS)
-        errors: list[BaseException] = []
-
-        def worker(client: KV) -> None:
-            try:
-                barrier.wait()
-                for _ in range(self.INCREMENTS):
-                    client.update(key, _increment)
-            except BaseException as e:  # reported below, in the test thread
-                errors.append(e)
-
-        threads = [
-            threading.Thread(target=worker, args=(kv if i % 2 else peer,))
-            for i in range(self.THREADS)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "an update hung"
-        assert errors == []
-        assert kv.get(key) == str(self.THREADS * self.INCREMENTS).encode()
+        self._count_concurrently([peer, kv], ns + "counter", read=kv)
 
     def test_update_after_the_other_client_deleted_the_key_sees_none(
         self, kv: KV, peer: KV, ns: str
