@@ -85,16 +85,23 @@ def call_plugin(sock: Path, path: str, timeout: float = 60.0) -> tuple[int, Any]
     return resp.status, reply
 
 
-def _rotate_keys(sock: Path) -> int:
+def _ask(sock: Path, path: str, what: str) -> dict[str, Any] | None:
+    """The plugin's reply to an admin call, or None after saying on stderr why not."""
     try:
-        status, reply = call_plugin(sock, "/Swarmnet.RotateKeys")
+        status, reply = call_plugin(sock, path)
     except OSError as e:
         print(f"swarmnet: cannot reach the plugin at {sock}: {e}", file=sys.stderr)
-        return 1
+        return None
     if status != 200:
-        print(
-            f"swarmnet: rotate-keys failed ({status}): {reply.get('Err', reply)}", file=sys.stderr
-        )
+        print(f"swarmnet: {what} failed ({status}): {reply.get('Err', reply)}", file=sys.stderr)
+        return None
+    answer: dict[str, Any] = reply
+    return answer
+
+
+def _rotate_keys(sock: Path) -> int:
+    reply = _ask(sock, "/Swarmnet.RotateKeys", "rotate-keys")
+    if reply is None:
         return 1
     print(
         f"IPsec keys rotated: generation {reply['Previous']} -> {reply['Generation']}; "
@@ -104,13 +111,8 @@ def _rotate_keys(sock: Path) -> int:
 
 
 def _status(sock: Path) -> int:
-    try:
-        code, reply = call_plugin(sock, "/Swarmnet.Status")
-    except OSError as e:
-        print(f"swarmnet: cannot reach the plugin at {sock}: {e}", file=sys.stderr)
-        return 1
-    if code != 200:
-        print(f"swarmnet: status failed ({code}): {reply.get('Err', reply)}", file=sys.stderr)
+    reply = _ask(sock, "/Swarmnet.Status", "status")
+    if reply is None:
         return 1
     print(f"scope {reply['Scope']}, VTEP {reply['VTEP'] or '(not known yet)'}")
     print(f"control plane: {reply['ControlPlane']}")
