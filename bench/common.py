@@ -9,7 +9,6 @@ always ours / Docker's, of the medians (and of the p90s), whatever direction is 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import ipaddress
 import json
 import math
@@ -30,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from plugin.unixhttp import UnixHTTPConnection  # noqa: E402
 from tests.lab import IMAGE as IMAGE  # noqa: E402  (re-exported for the bench modules)
 from tests.lab import Lab as Lab  # noqa: E402
 from tests.lab import LabError as LabError  # noqa: E402
 from tests.lab import Node as Node  # noqa: E402
-from tests.lab import unix_connect as unix_connect  # noqa: E402
 
 OURS = "ours"
 DOCKER = "docker"
@@ -188,22 +187,13 @@ def remove_network(lab: Lab, name: str) -> None:
 # --------------------------------------------------------------------------- docker API, netns
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("docker", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = unix_connect(self._path, self.timeout)
-
-
 def api_get(node: Node, path: str, query: dict[str, Any] | None = None,
             timeout: float = 30) -> Any:
     """GET on the node's Docker API (cheaper than a CLI process when polling)."""
     if query:
         path += "?" + urllib.parse.urlencode(
             {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in query.items()})
-    conn = _UnixHTTP(node.socket, timeout)
+    conn = UnixHTTPConnection(node.socket, timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()

@@ -22,26 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import OURS, Context, LabError, Row, stats, unix_connect
+from bench.common import OURS, Context, LabError, Row, stats
+from plugin.unixhttp import UnixHTTPConnection
 
 CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 FIRST_HOST = 223  # hosts()[223] is .224 in a /24
-
-
-class _Conn(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("plugin", timeout=60)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = unix_connect(self._path, self.timeout)
 
 
 class Client:
     """One persistent connection; ``call`` returns (seconds, reply) and raises on an error."""
 
     def __init__(self, path: Path) -> None:
-        self.conn = _Conn(path)
+        self.conn = UnixHTTPConnection(path, timeout=60)
 
     def call(self, method: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         data = json.dumps(body).encode()

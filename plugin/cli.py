@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import json
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from plugin import settings as settings_mod
 from plugin.settings import Settings, SettingsError
+from plugin.unixhttp import UnixHTTPConnection
 
 log = logging.getLogger("swarmnet")
 
@@ -58,20 +57,9 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("plugin", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def call_plugin(sock: Path, path: str, timeout: float = 60.0) -> tuple[int, Any]:
     """POST an empty body to the plugin's socket, as dockerd does; (status, JSON reply)."""
-    conn = _UnixHTTPConnection(sock, timeout)
+    conn = UnixHTTPConnection(sock, timeout)
     try:
         conn.request("POST", path, body=b"{}", headers={"Content-Length": "2"})
         resp = conn.getresponse()

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import io
 import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from plugin.unixhttp import UnixHTTPConnection
 
 DOCKER = "/usr/bin/docker"  # the 20.10 client; /usr/local/bin/docker does not match the daemon
 DOCKERD = "/usr/sbin/dockerd"
@@ -105,20 +105,6 @@ def wait_for(
             detail = f" (last error: {last_error})" if last_error else ""
             raise HostError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (dockerd's API, a plugin's socket)."""
-
-    def __init__(self, path: str | Path, timeout: float = 10) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 def unix_post(

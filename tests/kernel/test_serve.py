@@ -3,11 +3,9 @@ kernel, SQLite store, inside a throwaway network namespace standing in for the h
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from driver import names
+from plugin.unixhttp import UnixHTTPConnection
 from tests.kernel.lab import ipr_in
 
 pytestmark = pytest.mark.kernel
@@ -27,20 +26,9 @@ NET = "q1w2e3r4t5y6u7i8o9p0asdfg"
 EP = "e" * 64
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.path)
-
-
 def call(sock: Path, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    conn = UnixHTTPConnection(sock)
+    conn = UnixHTTPConnection(sock, timeout=30)
     try:
         # Like dockerd: POST, no Content-Type.
         conn.request("POST", path, body=data, headers={"Content-Length": str(len(data))})

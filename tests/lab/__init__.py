@@ -14,7 +14,6 @@ from tests.lab.lab import (
     Lab,
     LabError,
     Node,
-    unix_connect,
 )
 
-__all__ = ["DEFAULT_SUBNET", "DEFAULT_WORKDIR", "IMAGE", "Lab", "LabError", "Node", "unix_connect"]
+__all__ = ["DEFAULT_SUBNET", "DEFAULT_WORKDIR", "IMAGE", "Lab", "LabError", "Node"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import io
 import ipaddress
 import json
@@ -22,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -32,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import NetNS, netns
+
+from plugin.unixhttp import SUN_PATH_MAX, UnixHTTPConnection
 
 PREFIX = "snlab-"
 DOCKER = "/usr/bin/docker"  # the 20.10 client; /usr/local/bin/docker is a mismatched one
@@ -46,7 +46,6 @@ IMAGE = "busybox:latest"
 STATE_FILE = "lab.json"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
-SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes including the NUL
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _OWN_FILES = frozenset({STATE_FILE, "bin", "client", "etcd", "busybox.tar"})
 _PLUGIN_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -217,37 +216,9 @@ def _pid_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- misc helpers
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def unix_connect(path: Path, timeout: float | None = None) -> socket.socket:
-    """A connected stream socket to ``path``, however long the path is (through the
-    directory's /proc/self/fd entry when it does not fit in sockaddr_un)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    if len(os.fsencode(path)) <= SUN_PATH_MAX:
-        sock.connect(str(path))
-        return sock
-    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{dirfd}/{path.name}")
-    finally:
-        os.close(dirfd)
-    return sock
-
-
 def _docker_ping(sock: Path) -> bool:
     try:
-        conn = _UnixHTTPConnection(str(sock), timeout=2)
+        conn = UnixHTTPConnection(sock, timeout=2)
         conn.request("GET", "/_ping")
         ok = conn.getresponse().status == 200
         conn.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from plugin.unixhttp import unix_connect
 from tests.lab.fixtures import plugin_build
 from tests.lab.lab import (
     ETCDCTL,
@@ -23,7 +24,6 @@ from tests.lab.lab import (
     find_cgroups,
     mounts_under,
     netns_pids,
-    unix_connect,
 )
 
 pytestmark = pytest.mark.e2e

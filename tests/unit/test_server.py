@@ -4,10 +4,8 @@ A stand-in WSGI app (no kernel, no root); tests/kernel/test_serve.py runs the re
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from plugin.unixhttp import UnixHTTPConnection
 
 # argv: socket path, "access" or "quiet". /slow?S sleeps S seconds; every reply is the path.
 SERVER = """
@@ -38,18 +38,7 @@ with server.listening(Path(sys.argv[1])) as sock:
 """
 
 
-class Conn(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("plugin", timeout=10)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def post(conn: Conn, path: str) -> tuple[int, bytes]:
+def post(conn: UnixHTTPConnection, path: str) -> tuple[int, bytes]:
     conn.request("POST", path, body=b"{}", headers={"Content-Length": "2"})
     resp = conn.getresponse()
     return resp.status, resp.read()
@@ -72,7 +61,7 @@ class Server:
 
     def _answers(self) -> bool:
         try:
-            conn = Conn(self.socket)
+            conn = UnixHTTPConnection(self.socket)
             try:
                 return post(conn, "/up")[0] == 200
             finally:
@@ -109,7 +98,7 @@ def test_socket_is_for_root_only_and_removed_after_sigterm(server: Server) -> No
 
 
 def test_connections_are_kept_alive(server: Server) -> None:
-    conn = Conn(server.socket)
+    conn = UnixHTTPConnection(server.socket)
     try:
         assert post(conn, "/one") == (200, b"/one")
         first = conn.sock
@@ -123,7 +112,7 @@ def test_sixteen_requests_run_at_once(server: Server) -> None:
     replies: list[tuple[int, bytes]] = []
 
     def one() -> None:
-        conn = Conn(server.socket)
+        conn = UnixHTTPConnection(server.socket)
         try:
             replies.append(post(conn, "/slow?0.5"))
         finally:
@@ -141,7 +130,7 @@ def test_sixteen_requests_run_at_once(server: Server) -> None:
 
 def test_a_request_in_flight_finishes_and_gets_its_reply_after_sigterm(server: Server) -> None:
     reply: list[tuple[int, bytes]] = []
-    conn = Conn(server.socket)
+    conn = UnixHTTPConnection(server.socket)
 
     def slow() -> None:
         reply.append(post(conn, "/slow?1"))
@@ -167,7 +156,7 @@ def test_access_log_only_when_asked(tmp_path: Path) -> None:
 def test_a_stuck_request_holds_the_exit_for_the_grace_time_or_until_a_second_signal(
     server: Server, signals: int
 ) -> None:
-    conn = Conn(server.socket)
+    conn = UnixHTTPConnection(server.socket)
     conn.request("POST", "/slow?30", body=b"{}", headers={"Content-Length": "2"})
     time.sleep(0.3)
     started = time.monotonic()
