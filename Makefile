@@ -4,8 +4,10 @@
 #   make install    docker plugin create + enable on the local dockerd (replaces an old one)
 #   make push       create the plugin as $(REGISTRY)/$(PLUGIN_NAME) and docker plugin push it
 #   make demo       deps + install + two containers pinging over a swarmnet network
+#   make venv       .venv with what building needs (made by any target that runs Python)
 #   make test       every test suite (after `make deps`); test-unit, test-integration,
-#                   test-kernel, test-kernellab, test-e2e, test-lab one at a time
+#                   test-fault, test-kernel, test-kernellab, test-kernellab-swarm, test-e2e,
+#                   test-lab one at a time
 #   make bench      the benchmark of docs/benchmarks.md (multi-host lab, both drivers)
 #
 # The docker client is $(DOCKER) (the 20.10 client that matches the daemon); it
@@ -25,6 +27,8 @@ PLUGIN_SETTINGS ?=
 # Host directories behind the plugin's `state` and `run` mounts (make install prepares them).
 STATE_DIR   ?= /var/lib/swarmnet
 RUN_DIR     ?= /run/swarmnet
+# dockerd's exec root: containers' namespaces, which load balancing programs (docker-run mount).
+DOCKER_EXEC_ROOT ?= /var/run/docker
 REGISTRY    ?= 127.0.0.1:5000
 BUILD_IMAGE ?= swarmnet-overlay-rootfs:build
 # Where the debootstrap'd base rootfs tarball is cached (made once).
@@ -39,8 +43,9 @@ SOURCES := $(shell find plugin driver ipam -name '*.py' 2>/dev/null) pyproject.t
 
 export DOCKER PYTHON BASE_CACHE
 
-.PHONY: all deps demo wheels base-image plugin install uninstall push host-prep \
-        test test-unit test-integration test-kernel test-kernellab test-e2e test-lab \
+.PHONY: all deps venv demo wheels base-image plugin install uninstall push host-prep \
+        test test-unit test-integration test-fault test-kernel test-kernellab \
+        test-kernellab-swarm test-e2e test-lab \
         lab-up lab-down bench lint clean distclean
 
 all: plugin
@@ -49,19 +54,26 @@ all: plugin
 deps:
 	scripts/deps.sh
 
+# Every target that runs $(PYTHON) depends on this, so that `make install` (or lint,
+# test-*, bench) works as a fresh machine's first command: it creates $(VENV) with only
+# what building needs (scripts/deps.sh --venv), never the test packages or docker.
+# deps.sh marks the venv complete only after pip succeeded, so a half-made one is redone.
+venv:
+	@[ "$(PYTHON)" != "$(VENV)/bin/python" ] || [ -f $(VENV)/.deps-ok ] || scripts/deps.sh --venv
+
 demo: deps
 	scripts/demo.sh
 
 # --- wheels: built on the host, so `docker build` never reaches a package index ---
 
 # Dependencies change rarely: resolve them once per pyproject.toml.
-$(WHEELS)/.deps: pyproject.toml
+$(WHEELS)/.deps: pyproject.toml | venv
 	@mkdir -p $(WHEELS)
 	scripts/wheels.sh deps $(WHEELS)
 	@touch $@
 
 # The project's own wheel follows every source change.
-$(WHEELS)/.project: $(WHEELS)/.deps $(SOURCES)
+$(WHEELS)/.project: $(WHEELS)/.deps $(SOURCES) | venv
 	scripts/wheels.sh project $(WHEELS)
 	@touch $@
 
@@ -88,11 +100,11 @@ plugin: $(BUILD)/.plugin
 # --- install on the local dockerd ---
 
 host-prep:
-	scripts/host-prep.sh $(STATE_DIR) $(RUN_DIR)
+	scripts/host-prep.sh $(STATE_DIR) $(RUN_DIR) $(DOCKER_EXEC_ROOT)
 
 install: plugin host-prep
 	scripts/install.sh $(PLUGIN) $(BUNDLE) state.source=$(STATE_DIR) run.source=$(RUN_DIR) \
-		$(PLUGIN_SETTINGS)
+		docker-run.source=$(DOCKER_EXEC_ROOT) $(PLUGIN_SETTINGS)
 
 uninstall:
 	-$(DOCKER) plugin disable -f $(PLUGIN)
@@ -105,24 +117,29 @@ push: plugin
 
 # --- tests ---
 
-lint:
+lint: venv
 	$(PYTHON) -m ruff check plugin driver ipam tests bench
 	$(PYTHON) -m mypy
 
-test-unit:
+test-unit: venv
 	$(PYTHON) -m pytest -q tests/unit tests/contract $(PYTEST_ARGS)
 
 # Real etcd servers on loopback, started by the tests.
-test-integration:
+test-integration: venv
 	$(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
 
+# Faults (docs/reliability.md): fuzzed bodies, kill -9 at every store write, hundreds
+# of lifecycles on the real kernel (root), etcd failover, security refusals. 2-4 min.
+test-fault: venv
+	$(PYTHON) -m pytest -q tests/fault $(PYTEST_ARGS)
+
 # Real network namespaces on this machine's kernel (root).
-test-kernel:
+test-kernel: venv
 	$(PYTHON) -m pytest -q -m kernel tests/kernel tests/kernellab $(PYTEST_ARGS)
 
 # IPsec needs ESP, which this machine's kernel lacks: these run under a stock
 # Debian kernel in ../shared/kernel-lab. Not set up is a failure, never a skip.
-test-kernellab:
+test-kernellab: venv
 	@if [ ! -x $(KERNEL_LAB)/run ]; then \
 		echo "FAIL: kernel-lab not found at $(KERNEL_LAB); the IPsec tests cannot run" >&2; exit 1; fi
 	@$(KERNEL_LAB)/setup >/tmp/swarmnet-kernel-lab-setup.log 2>&1 || { \
@@ -131,29 +148,43 @@ test-kernellab:
 	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
 		$(abspath $(PYTHON)) -m pytest -q -m kernellab tests/kernellab $(PYTEST_ARGS)
 
+# Service VIP load balancing needs IPVS: a real dockerd in swarm mode with the managed
+# plugin, inside ONE kernel-lab boot (tests/vmswarm). The bundle is built on the host
+# first (a throwaway dockerd when build/plugin is stale), as build/plugin.tar.
+test-kernellab-swarm: venv
+	@if [ ! -x $(KERNEL_LAB)/run ]; then \
+		echo "FAIL: kernel-lab not found at $(KERNEL_LAB); the load-balancing tests cannot run" >&2; exit 1; fi
+	@$(KERNEL_LAB)/setup >/tmp/swarmnet-kernel-lab-setup.log 2>&1 || { \
+		echo "FAIL: kernel-lab could not be set up ($(KERNEL_LAB)/setup):" >&2; \
+		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
+	$(PYTHON) -m tests.vmswarm.build
+	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 720 -- \
+		$(abspath $(PYTHON)) -m pytest -q -m kernellab tests/vmswarm $(PYTEST_ARGS)
+
 # Starts its own dockerds (each in its own network namespace), builds the bundle
 # with the first one (make plugin), installs it; needs root. See tests/e2e/README.md.
-test-e2e:
+test-e2e: venv
 	$(PYTHON) -m pytest -q -m e2e tests/e2e $(PYTEST_ARGS)
 
 # The multi-host lab: 3-node swarms on network namespaces, with etcd (root).
-test-lab:
+test-lab: venv
 	$(PYTHON) -m pytest -q -m e2e tests/lab $(PYTEST_ARGS)
 
-test: deps lint test-unit test-integration test-kernel test-kernellab test-e2e test-lab
+test: deps lint test-unit test-integration test-fault test-kernel test-kernellab test-kernellab-swarm \
+	test-e2e test-lab
 
 # Issue 6: swarmnet-overlay vs Docker's overlay on its own 3-node lab (docs/benchmarks.md).
 # QUICK=1 for fewer runs (about 4.5 min); BENCH_ARGS for any `python -m bench.run` flag.
 BENCH_ARGS ?=
-bench:
+bench: venv
 	$(PYTHON) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # --- the multi-host lab by hand ---
 
-lab-up:   ## e.g. make lab-up LAB_ARGS="--nodes 3 --plugin build/plugin"
+lab-up: venv  ## e.g. make lab-up LAB_ARGS="--nodes 3 --plugin build/plugin"
 	$(PYTHON) -m tests.lab up $(LAB_ARGS)
 
-lab-down:
+lab-down: venv
 	$(PYTHON) -m tests.lab down $(LAB_ARGS)
 
 clean:

@@ -1,9 +1,10 @@
 """The plugin's memory on every node: RSS (and PSS) summed over the plugin's processes.
 
 The processes are found by cgroup: a managed plugin runs in a cgroup named after its plugin id
-(``docker plugin inspect -f {{.Id}}``), which holds its process tree (one process since the
-server is waitress; gunicorn had a master and a worker). Where there are several, RSS counts
-the pages they share twice, so the RSS sum is the pessimistic figure; PSS splits shared pages.
+(``docker plugin inspect -f {{.Id}}``), which holds its process tree: gunicorn's arbiter and
+its one worker (``ps`` names them ``gunicorn: master [...]`` and ``gunicorn: worker [...]``).
+RSS counts the pages they share twice, so the RSS sum is the pessimistic figure; PSS splits
+shared pages.
 
 Docker's overlay lives inside dockerd; it has no process of its own to weigh."""
 

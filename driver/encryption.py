@@ -201,6 +201,10 @@ class Encryption:
 
     # -- fail closed -----------------------------------------------------------
 
+    def capability(self) -> ProbeResult:
+        """Whether this node can carry encrypted networks, and if not, why (cached probe)."""
+        return self.ipsec.probe()
+
     def require_support(self, network_id: str) -> None:
         result = self.ipsec.probe()
         if not result.supported:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from driver import names
+
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -23,7 +25,7 @@ def normalise(value: str) -> str:
     """Lower-case, colon-separated form; raises ValueError on anything that is not a unicast MAC."""
     mac = value.strip().lower().replace("-", ":")
     if not _MAC.match(mac):
-        raise ValueError(f"{value!r} is not a MAC address")
+        raise ValueError(f"{names.cut(value)} is not a MAC address")
     if int(mac[:2], 16) & 1:
-        raise ValueError(f"{value!r} is a multicast MAC address")
+        raise ValueError(f"{names.cut(value)} is a multicast MAC address")
     return mac

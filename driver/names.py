@@ -17,7 +17,9 @@ BRIDGE = "br0"
 VXLAN = "vxlan0"
 
 # Endpoint IDs are 64 hex digits; swarm network IDs are 25 lower-case alphanumerics.
-_OBJECT_ID = re.compile(r"^[0-9a-zA-Z]{12,64}$")
+_OBJECT_ID = re.compile(r"[0-9a-zA-Z]{12,64}")
+# Longest value quoted back in an error or a log line.
+QUOTE_LIMIT = 80
 
 
 def short(object_id: str) -> str:
@@ -26,7 +28,20 @@ def short(object_id: str) -> str:
 
 
 def is_object_id(value: str) -> bool:
-    return bool(_OBJECT_ID.match(value))
+    # fullmatch: "$" would also accept a trailing newline.
+    return _OBJECT_ID.fullmatch(value) is not None
+
+
+def cut(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` for an error message or log line: its repr, at most ``limit`` characters.
+
+    Whatever a client sends may be quoted back, so a 10 MB field must not
+    become a 10 MB reply or log line.
+    """
+    text = repr(value) if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def netns(network_id: str) -> str:

@@ -102,6 +102,15 @@ class ControlPlane(Protocol):
         """One line for status output: which store, and whether it is reachable."""
         ...
 
+    def announce(self, info: Mapping[str, object]) -> None:
+        """Facts about this node for its node record, e.g. whether it can do ESP."""
+        ...
+
+    def nodes(self) -> dict[str, Mapping[str, object]]:
+        """Every live node's record by node name; {} with no shared store or when it is
+        unreachable (status output only, never a decision)."""
+        ...
+
 
 class LocalControlPlane:
     """One host, no shared store: there are no remote endpoints to learn."""
@@ -126,6 +135,12 @@ class LocalControlPlane:
 
     def describe(self) -> str:
         return "local (single host, no shared store)"
+
+    def announce(self, info: Mapping[str, object]) -> None:
+        return None
+
+    def nodes(self) -> dict[str, Mapping[str, object]]:
+        return {}
 
 
 def converge(

@@ -22,7 +22,14 @@ NODE_KEY = f"{ROOT}/local/node"
 
 
 NETWORKS_PREFIX = f"{ROOT}/local/networks/"
+# Encrypted swarm networks this node refused (its kernel has no ESP): the reason, which
+# every CreateEndpoint and Join on them answers with (see NetworkDriverService).
+REFUSED_PREFIX = f"{ROOT}/local/refused/"
 ENDPOINTS_PREFIX = f"{ROOT}/local/endpoints/"
+
+
+def refused_key(network_id: str) -> str:
+    return f"{REFUSED_PREFIX}{network_id}"
 
 
 def network_key(network_id: str) -> str:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from types import MappingProxyType
 
 from driver import mac as macs
 from driver import names
 from driver.config import VXLAN_OVERHEAD, DriverConfig
 from driver.encryption import Encryption, Ipsec, NoIpsec
-from driver.errors import Conflict, InvalidArgument, UnknownObject
+from driver.errors import Conflict, DriverError, InvalidArgument, UnknownObject, Unsupported
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import Rotation
-from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec, Peer
+from driver.kernel.port import EndpointSpec, IPAddress, Kernel, NetworkSpec, Peer
+from driver.keylocks import KeyedLocks
 from driver.messages import (
     AllocateNetwork,
     CreateEndpoint,
@@ -42,6 +44,7 @@ from driver.records import (
     endpoint_key,
     endpoint_prefix,
     network_key,
+    refused_key,
 )
 from driver.vni import VniAllocator, parse_vni
 
@@ -51,6 +54,8 @@ OPT_VNI = "swarmnet.vni"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ENCRYPTED = "encrypted"
 MIN_MTU = 576  # smallest MTU that still carries an IPv4 datagram without fragmentation rules biting
+# How often a network that could not be rebuilt at start is tried again.
+RETRY_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,23 @@ class NetworkDriverService:
             lambda: self._vtep().vtep,
             config.encryption,
         )
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._locks = KeyedLocks()
+        # Networks that could not be rebuilt at start: network ID -> why. Retried
+        # in the background and on the next call for them; shown by status.
+        self._broken: dict[str, str] = {}
+        self._retry_stop = threading.Event()
+        self._retrier: threading.Thread | None = None
+        self.retry_interval = RETRY_INTERVAL
         # Per network, under its lock: the remote peers last programmed.
         self._programmed: dict[str, frozenset[Peer]] = {}
+        # Called after a Join or Leave changed which sandboxes are on our networks
+        # (load balancing programs them); must not block.
+        self.on_sandbox_change: Callable[[], None] = lambda: None
 
     # -- helpers -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, network_id: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(network_id, threading.Lock())
-        with lock:
-            yield
+    def _locked(self, network_id: str) -> contextlib.AbstractContextManager[None]:
+        return self._locks.hold(network_id)
 
     def _network(self, network_id: str) -> NetworkRecord | None:
         raw = self.local.get(network_key(network_id))
@@ -171,7 +180,9 @@ class NetworkDriverService:
             # recheck compares with the kernel, so drift cannot last.
             known = self._programmed.pop(network_id, None)
             have = None if recheck else known
-            if net is None:
+            if net is None or network_id in self._broken:
+                # A broken network has no device to program; the periodic recheck
+                # after its rebuild diffs against the kernel.
                 return
             if have == want:
                 self._programmed[network_id] = want
@@ -195,7 +206,7 @@ class NetworkDriverService:
             try:
                 mtu = int(raw)
             except ValueError:
-                raise InvalidArgument(f"{OPT_MTU}: {raw!r} is not an integer") from None
+                raise InvalidArgument(f"{OPT_MTU}: {names.cut(raw)} is not an integer") from None
             if not MIN_MTU <= mtu <= 65535:
                 raise InvalidArgument(f"{OPT_MTU}: {mtu} is outside {MIN_MTU}-65535")
             return mtu
@@ -220,10 +231,9 @@ class NetworkDriverService:
     def allocate_network(self, req: AllocateNetwork) -> Mapping[str, str]:
         """Swarm manager side: choose the VNI; every node's CreateNetwork gets it back."""
         encrypted = self._encrypted(req.options)
-        if encrypted:
-            # Refused here too, so `docker network create` itself fails on a manager
-            # whose kernel cannot encrypt, instead of every task failing later.
-            self.encryption.require_support(req.network_id)
+        # No ESP check here: swarmkit allocates asynchronously, so a refusal would reach
+        # nobody (the network stays unallocated, its tasks stay New without an error).
+        # Nodes that cannot encrypt refuse its endpoints instead (_refused_here).
         self._mtu(req.options)  # validate now, so a bad MTU fails `docker network create`
         requested = req.options.get(OPT_VNI)
         vni = self.vnis.allocate(
@@ -243,13 +253,15 @@ class NetworkDriverService:
 
     def create_network(self, req: CreateNetwork) -> None:
         encrypted = self._encrypted(req.options)
-        if encrypted:
-            self.encryption.require_support(req.network_id)  # before anything is made
+        if encrypted and self._refused_here(req.network_id):  # before anything is made
+            return
         requested = req.options.get(OPT_VNI)
         vni_opt = parse_vni(requested, OPT_VNI) if requested else None
         mtu = self._mtu(req.options, encrypted)
         with self._locked(req.network_id):
             existing = self._network(req.network_id)
+            if existing is None:
+                self._refuse_name_clash(req.network_id)
             if existing is not None:
                 vni = existing.vni
             elif vni_opt is not None and self.config.scope == "global":
@@ -277,10 +289,15 @@ class NetworkDriverService:
                     self.encryption.attach(req.network_id)
                     undo.callback(self.encryption.detach, req.network_id)
                 self._programmed.pop(req.network_id, None)
+                if existing is None:
+                    undo.callback(self.kernel.remove_network, req.network_id)
+                else:
+                    # A refused change to a network that exists must leave it as it was.
+                    undo.callback(self._restore, existing)
                 self.kernel.ensure_network(self._spec(net))
-                undo.callback(self.kernel.remove_network, req.network_id)
                 self.local.put(network_key(req.network_id), net.to_json())
                 undo.pop_all()
+            self._broken.pop(req.network_id, None)
         self.control.watch(req.network_id)
         log.info(
             "network %s: created (VNI %d, MTU %d%s%s)",
@@ -290,6 +307,53 @@ class NetworkDriverService:
             ", internal" if req.internal else "",
             f", encrypted, UDP {self.config.encryption.port}" if encrypted else "",
         )
+
+    def _refused_here(self, network_id: str) -> bool:
+        """An encrypted network on a node whose kernel cannot do ESP.
+
+        Standalone, CreateNetwork refuses (501): `docker network create` shows the message.
+        In swarm, a refused CreateNetwork reaches nobody: the task fails in its preparation,
+        and `docker run --network` waits for an attachment that never comes, then says
+        "context deadline exceeded". So the network is recorded here as refused, with no
+        kernel state at all (nothing can carry its traffic, in clear or otherwise), and
+        every CreateEndpoint and Join on it fails with the reason: that error is what
+        `docker service ps --no-trunc` and `docker run` print. Returns True when refused.
+        """
+        try:
+            self.encryption.require_support(network_id)
+        except Unsupported as e:
+            if self.config.scope != "global":
+                raise
+            self.local.put(refused_key(network_id), str(e).encode())
+            log.warning("network %s: refused on this node: %s", names.short(network_id), e)
+            return True
+        self.local.delete(refused_key(network_id))  # the kernel has ESP now (after a reboot)
+        return False
+
+    def _refuse_if_refused(self, network_id: str) -> None:
+        reason = self.local.get(refused_key(network_id))
+        if reason is not None:
+            raise Unsupported(reason.decode(errors="replace"))
+
+    def _restore(self, net: NetworkRecord) -> None:
+        """Undo step: put the kernel back to the stored record; the original error wins."""
+        try:
+            self.kernel.ensure_network(self._spec(net))
+        except Exception as e:
+            log.error("network %s: could not restore after a refused change: %s",
+                      names.short(net.network_id), e)
+
+    def _refuse_name_clash(self, network_id: str) -> None:
+        """Kernel names use the first 12 characters: two such networks would share a namespace."""
+        short = names.short(network_id)
+        for raw in self.local.list(NETWORKS_PREFIX).values():
+            other = NetworkRecord.from_json(raw).network_id
+            if other != network_id and names.short(other) == short:
+                raise Conflict(
+                    f"NetworkID: network {names.cut(network_id)} and network {names.cut(other)} "
+                    f"share the first 12 characters ({short}), which name the kernel namespace; "
+                    "they cannot both exist on this node"
+                )
 
     def _record_vni(self, network_id: str, vni: int) -> None:
         """Confirm the manager's VNI in the shared table: bookkeeping, not a condition.
@@ -317,7 +381,15 @@ class NetworkDriverService:
     def delete_network(self, network_id: str) -> None:
         self.control.unwatch(network_id)
         with self._locked(network_id):
+            self.local.delete(refused_key(network_id))
             net = self._network(network_id)
+            if net is None and self._short_id_taken(network_id):
+                net_id = network_id
+                # The namespace with this name belongs to another network: not ours to remove.
+                log.info("network %s: DeleteNetwork for an unknown network", names.short(net_id))
+                if self.config.scope == "local":
+                    self.vnis.release(network_id)
+                return
             for key in self.local.list(endpoint_prefix(network_id)):
                 eid = key.rsplit("/", 1)[1]
                 log.warning(
@@ -334,17 +406,46 @@ class NetworkDriverService:
                 # After the VXLAN device is gone; before the record, so a retry repeats it.
                 self.encryption.detach(network_id)
             self.local.delete(network_key(network_id))
-            if self.config.scope == "local" and net is not None:
-                # No FreeNetwork comes in local scope: the VNI is ours to release.
+            self._broken.pop(network_id, None)
+            if self.config.scope == "local":
+                # No FreeNetwork comes in local scope: the VNI is ours to release, even
+                # without a record (a crash between allocating it and writing the record).
                 self.vnis.release(network_id)
         if net is None:
             log.info("network %s: DeleteNetwork for an unknown network", names.short(network_id))
         else:
             log.info("network %s: deleted", names.short(network_id))
 
+    def _short_id_taken(self, network_id: str) -> bool:
+        """Whether another stored network has this network's 12-character kernel name."""
+        short = names.short(network_id)
+        for raw in self.local.list(NETWORKS_PREFIX).values():
+            other = NetworkRecord.from_json(raw).network_id
+            if other != network_id and names.short(other) == short:
+                return True
+        return False
+
+    def _refuse_endpoint_name_clash(self, network_id: str, endpoint_id: str) -> None:
+        """Veth names use the first 12 characters: two such endpoints would share a veth.
+
+        Checked within the network (a range read of that prefix, so CreateEndpoint
+        stays cheap); across networks only the host side could clash, and only
+        until Docker moves it into the container.
+        """
+        short = names.short(endpoint_id)
+        for key in self.local.list(endpoint_prefix(network_id) + short):
+            other = key.rsplit("/", 1)[1]
+            if other != endpoint_id and names.short(other) == short:
+                raise Conflict(
+                    f"EndpointID: endpoint {names.cut(endpoint_id)} and endpoint "
+                    f"{names.cut(other)} share the first 12 characters ({short}), which name "
+                    "their veth devices; they cannot both exist on this node"
+                )
+
     def create_endpoint(self, req: CreateEndpoint) -> str | None:
         """Record the endpoint. Returns the MAC to report to Docker, or None if Docker chose one."""
         with self._locked(req.network_id):
+            self._refuse_if_refused(req.network_id)
             self._require_network(req.network_id)
             if req.address is None and req.address_v6 is None and req.mac is None:
                 raise InvalidArgument(
@@ -354,9 +455,11 @@ class NetworkDriverService:
                 mac = req.mac
             else:
                 ip = req.address or req.address_v6
-                assert ip is not None
+                assert ip is not None  # one of the three is given, checked above
                 mac = macs.from_ip(ip.ip)
             existing = self._endpoint(req.network_id, req.endpoint_id)
+            if existing is None:
+                self._refuse_endpoint_name_clash(req.network_id, req.endpoint_id)
             record = EndpointRecord(
                 network_id=req.network_id,
                 endpoint_id=req.endpoint_id,
@@ -402,16 +505,52 @@ class NetworkDriverService:
                     "Encrypted": net.encrypted,
                     "Endpoints": len(eps),
                     "Joined": sum(1 for ep in eps if ep.joined),
-                    "RemotePeers": len(self.kernel.peers(net.network_id)),
+                    "RemotePeers": self._peer_count(net.network_id),
+                    # Why the network could not be rebuilt at start ("" when it is fine).
+                    "Broken": self._broken.get(net.network_id, ""),
                 }
             )
         vtep = self._vtep().vtep
+        nodes = self.control.nodes() or {"": self._node_facts()}
         return {
             "Scope": self.config.scope,
             "VTEP": str(vtep) if vtep else "",
             "ControlPlane": self.control.describe(),
             "Networks": networks,
+            # Which nodes can carry encrypted networks (each node's record says).
+            "Nodes": [
+                {
+                    "Node": str(rec.get("vtep") or name or "this node"),
+                    "ESP": rec.get("esp"),  # None: the node predates the field
+                    "ESPDetail": str(rec.get("esp_detail") or ""),
+                }
+                for name, rec in sorted(
+                    nodes.items(), key=lambda kv: str(kv[1].get("vtep") or kv[0])
+                )
+            ],
         }
+
+    def _node_facts(self) -> Mapping[str, object]:
+        """This node's record: whether its kernel can do ESP, and if not, what is missing."""
+        esp = self.encryption.capability()
+        vtep = self._vtep().vtep
+        return {
+            "vtep": str(vtep) if vtep else "",
+            "esp": esp.supported,
+            "esp_detail": "" if esp.supported else esp.detail,
+        }
+
+    def _peer_vteps(self, network_id: str) -> set[IPAddress]:
+        try:
+            return {p.vtep for p in self.kernel.peers(network_id)}
+        except Exception:
+            return set()  # a broken network: its peers come with the control plane's snapshot
+
+    def _peer_count(self, network_id: str) -> int:
+        try:
+            return len(self.kernel.peers(network_id))
+        except Exception:
+            return 0  # a broken network's namespace may be gone; status must still answer
 
     def endpoint_info(self, network_id: str, endpoint_id: str) -> Mapping[str, object]:
         ep = self._require_endpoint(network_id, endpoint_id)
@@ -445,7 +584,9 @@ class NetworkDriverService:
 
     def join(self, req: Join) -> JoinReply:
         with self._locked(req.network_id):
+            self._refuse_if_refused(req.network_id)
             net = self._require_network(req.network_id)
+            self._rebuild_if_broken(net)
             ep = self._require_endpoint(req.network_id, req.endpoint_id)
             if net.encrypted:
                 self.encryption.require_support(req.network_id)
@@ -461,6 +602,7 @@ class NetworkDriverService:
             # Under the lock, so a Leave cannot slip in between and be overtaken.
             # Publishing only queues the record; the control plane's thread sends it.
             self._publish(joined)
+        self.on_sandbox_change()
         log.info(
             "endpoint %s: joined sandbox %s via %s",
             names.short(req.endpoint_id),
@@ -477,17 +619,25 @@ class NetworkDriverService:
             self.kernel.retire_endpoint(network_id, endpoint_id)
             if ep is not None:
                 self.local.put(endpoint_key(network_id, endpoint_id), ep.with_leave().to_json())
+        self.on_sandbox_change()
         log.info("endpoint %s: left", names.short(endpoint_id))
 
     def discover_new(self, node: NodeDiscovery) -> None:
         if not node.self_node:
             log.debug("DiscoverNew for remote node %s ignored", node.address)
             return
+        why = not_unicast(node.address)
+        if why is not None:
+            # Stored, it would make every VXLAN device fail (EINVAL) from now on.
+            raise InvalidArgument(
+                f"DiscoveryData.Address: {node.address} is {why}, not this node's data-path address"
+            )
         current = self.node()
         if current.vtep == node.address:
             return
         self.local.put(NODE_KEY, NodeRecord(vtep=node.address).to_json())
         log.info("this node's data-path address is %s", node.address)
+        self.control.announce(self._node_facts())
         if self.config.data_path_addr is None:
             # Endpoints published before we knew our address (or under an old one).
             for ep in self._joined_endpoints():
@@ -502,6 +652,9 @@ class NetworkDriverService:
 
     def close(self) -> None:
         """On the way out: the control plane writes what is queued, then stops."""
+        self._retry_stop.set()
+        if self._retrier is not None:
+            self._retrier.join(timeout=10)
         self.control.close()
 
     def rotate_keys(self) -> Rotation:
@@ -526,9 +679,17 @@ class NetworkDriverService:
         changes += self.encryption.prepare_host(encrypted)
         for short_id, net in nets.items():
             with self._locked(net.network_id):
+                try:
+                    self.kernel.ensure_network(self._spec(net))
+                except Exception as e:
+                    # One network that cannot be rebuilt must not keep the others down.
+                    self._broken[net.network_id] = _reason(e)
+                    log.error("network %s: could not be rebuilt, retrying every %.0f s: %s",
+                              short_id, self.retry_interval, _reason(e))
+                    changes.append(f"network {short_id}: broken, will retry ({_reason(e)})")
+                    continue
                 if short_id not in present:
                     changes.append(f"network {short_id}: recreated its namespace (VNI {net.vni})")
-                self.kernel.ensure_network(self._spec(net))
         for short_id in sorted(present - set(nets)):
             # network_ids() gives short IDs; remove_network only needs the prefix.
             self.kernel.remove_network(short_id)
@@ -541,7 +702,12 @@ class NetworkDriverService:
                 for v in self.local.list(endpoint_prefix(net.network_id)).values()
             }
             joined |= {k for k, ep in stored.items() if ep.joined}
-            veths = self.kernel.endpoint_ids(net.network_id)
+            try:
+                veths = self.kernel.endpoint_ids(net.network_id)
+            except Exception as e:
+                log.error("network %s: cannot list its endpoints: %s",
+                          names.short(net.network_id), _reason(e))
+                continue
             alive |= {ep.endpoint_id for k, ep in stored.items() if ep.joined and k in veths}
             for short_eid in sorted(veths):
                 ep = stored.get(short_eid)
@@ -554,11 +720,15 @@ class NetworkDriverService:
         for link in self.kernel.remove_orphan_links(joined):
             changes.append(f"link {link}: removed orphan")
         # Until the control plane's snapshots come, a network's peers are its FDB's VTEPs.
-        seeds = {nid: {p.vtep for p in self.kernel.peers(nid)} for nid in sorted(encrypted)}
+        seeds = {nid: self._peer_vteps(nid) for nid in sorted(encrypted)}
         changes += self.encryption.reconcile(seeds)
+        self.control.announce(self._node_facts())
         self.control.start(self._on_snapshot)
         for net in nets.values():
             self.control.watch(net.network_id)
+        changes += self._sweep_vnis(nets.values())
+        if self._broken:
+            self._start_retrier()
         for ep in self._joined_endpoints():
             if ep.endpoint_id in alive:
                 self._publish(ep)
@@ -571,3 +741,89 @@ class NetworkDriverService:
                 f"endpoint {names.short(ep.endpoint_id)}: not published, its veth is gone"
             )
         return changes
+
+    # -- networks that could not be rebuilt ----------------------------------
+
+    def broken(self) -> Mapping[str, str]:
+        return MappingProxyType(dict(self._broken))
+
+    def _rebuild_if_broken(self, net: NetworkRecord) -> None:
+        """Under the network's lock: one more try for a network that failed at start."""
+        if net.network_id not in self._broken:
+            return
+        try:
+            self.kernel.ensure_network(self._spec(net))
+        except Exception as e:
+            self._broken[net.network_id] = _reason(e)
+            raise NetworkBroken(
+                f"network {names.short(net.network_id)} could not be rebuilt on this node: "
+                f"{_reason(e)}"
+            ) from None
+        del self._broken[net.network_id]
+        self._programmed.pop(net.network_id, None)
+        log.info("network %s: rebuilt", names.short(net.network_id))
+
+    def retry_broken(self) -> list[str]:
+        """Try every broken network again. Returns a line per network rebuilt."""
+        fixed = []
+        for network_id in list(self._broken):
+            with self._locked(network_id):
+                net = self._network(network_id)
+                if net is None:
+                    self._broken.pop(network_id, None)
+                    continue
+                try:
+                    self._rebuild_if_broken(net)
+                except NetworkBroken:
+                    continue
+            fixed.append(f"network {names.short(network_id)}: rebuilt")
+        return fixed
+
+    def _start_retrier(self) -> None:
+        def run() -> None:
+            while self._broken and not self._retry_stop.wait(self.retry_interval):
+                self.retry_broken()
+
+        self._retrier = threading.Thread(target=run, name="swarmnet-rebuild", daemon=True)
+        self._retrier.start()
+
+    def _sweep_vnis(self, nets: Iterable[NetworkRecord]) -> list[str]:
+        """Release VNIs held for networks this host has no record of (local scope, one host).
+
+        A crash between allocating a VNI and writing the network record leaves
+        the VNI held by a network Docker was told failed; no DeleteNetwork comes.
+        Only where the VNI table is this host's own: across hosts, another host's
+        networks are not in our store.
+        """
+        if self.config.scope != "local" or self.vnis.store is not self.local:
+            return []
+        known = {n.network_id for n in nets}
+        out = []
+        for network_id in self.vnis.owners():
+            if network_id not in known:
+                vni = self.vnis.release(network_id)
+                if vni is not None:
+                    out.append(f"network {names.short(network_id)}: released orphan VNI {vni}")
+        return out
+
+
+class NetworkBroken(DriverError):
+    """The network is in the store but its kernel state could not be made."""
+
+    http_status = 503
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def not_unicast(addr: IPAddress) -> str | None:
+    """Why ``addr`` cannot be a VTEP (a VXLAN device's local address), or None."""
+    if addr.is_unspecified:
+        return "the unspecified address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr.version == 4 and addr == IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    return None

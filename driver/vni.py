@@ -53,7 +53,9 @@ def parse_vni(value: str, field: str) -> int:
     try:
         vni = int(value, 10)
     except ValueError:
-        raise InvalidArgument(f"{field}: {value!r} is not a VNI (an integer 1-{VNI_MAX})") from None
+        raise InvalidArgument(
+            f"{field}: {names.cut(value)} is not a VNI (an integer 1-{VNI_MAX})"
+        ) from None
     if not 1 <= vni <= VNI_MAX:
         raise InvalidArgument(f"{field}: VNI {vni} is outside 1-{VNI_MAX}")
     return vni
@@ -62,6 +64,7 @@ def parse_vni(value: str, field: str) -> int:
 class VniAllocator:
     def __init__(self, store: KV, vni_range: tuple[int, int]) -> None:
         self._store = store
+        self.store = store
         self._lo, self._hi = vni_range
 
     def allocate(self, network_id: str, requested: int | None = None) -> int:
@@ -92,6 +95,10 @@ class VniAllocator:
         raw = self._store.update(VNI_KEY, change)
         assert raw is not None
         return VniTable.load(raw).by_network[network_id]
+
+    def owners(self) -> list[str]:
+        """Every network ID that holds a VNI."""
+        return sorted(VniTable.load(self._store.get(VNI_KEY)).by_network)
 
     def lookup(self, network_id: str) -> int | None:
         return VniTable.load(self._store.get(VNI_KEY)).by_network.get(network_id)

@@ -12,10 +12,15 @@ the first free one after the last dynamic allocation, wrapping around. A
 dynamic gateway request takes the first free address of the range, and a pool
 has one gateway: asking again returns it.
 
-An explicit address that is already allocated is granted again: dockerd
-retries, swarm leaders replay their allocations, and each node replays the
-global space's choices into its local space. The one conflict we can tell from
-a replay is an endpoint asking for the gateway's address.
+An address may have an *owner*: the MAC of the endpoint that asked for it
+(libnetwork sends it because we say RequiresMACAddress). An explicit address
+that is already allocated is granted again when the request has no owner or
+the same owner: dockerd retries, replays an endpoint's address after a restart
+(with the same MAC), swarm leaders replay their allocations and each node
+replays the global space's choices into its local space, none with a
+different MAC. A request whose owner differs from the address's owner is a
+second container asking for it, and is refused; so is an endpoint asking for
+the gateway's address.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class PoolRecord:
     used: spans.Spans = ()
     gateway: int | None = None
     cursor: int = 0  # where the next serial search starts
+    owners: Mapping[int, str] = field(default_factory=dict)  # offset -> endpoint MAC
 
     def encode(self) -> bytes:
         return records.dump(
@@ -53,6 +59,7 @@ class PoolRecord:
                 "used": [list(s) for s in self.used],
                 "gw": self.gateway,
                 "next": self.cursor,
+                "owners": {str(k): v for k, v in sorted(self.owners.items())},
             }
         )
 
@@ -65,6 +72,8 @@ class PoolRecord:
                 raise TypeError
             used = tuple((int(lo), int(hi)) for lo, hi in obj["used"])
             gw = obj["gw"]
+            # Records written before owners were kept have none.
+            owners = {int(k): str(v) for k, v in dict(obj.get("owners") or {}).items()}
             rec = cls(
                 pool=records.network(str(obj["pool"])),
                 incarnation=str(obj["inc"]),
@@ -72,6 +81,7 @@ class PoolRecord:
                 used=used,
                 gateway=None if gw is None else int(gw),
                 cursor=int(obj["next"]),
+                owners=owners,
             )
         except (KeyError, TypeError, ValueError):
             raise CorruptRecord(f"store: {what} is malformed") from None
@@ -139,9 +149,10 @@ def allocate(
     explicit: IPAddress | None,
     gateway: bool,
     serial: bool,
+    owner: str | None = None,
 ) -> Outcome:
     if explicit is not None:
-        return _allocate_explicit(rec, offset_of(rec.pool, explicit), gateway)
+        return _allocate_explicit(rec, offset_of(rec.pool, explicit), gateway, owner)
     if gateway and rec.gateway is not None and spans.contains(rec.used, rec.gateway):
         return Outcome(rec, rec.gateway, replayed=True)
     lo, hi = dynamic_range(rec.pool, sub_pool)
@@ -150,29 +161,51 @@ def allocate(
     else:
         off = spans.first_free(rec.used, lo, hi)
     if off is None:
-        where = f"pool {rec.pool}"
         if sub_pool is not None:
-            where = f"range {sub_pool} of {where}"
-        raise Exhausted(f"PoolID: no free address left in {where}")
+            where = f"the range {sub_pool} (--ip-range) of pool {rec.pool}"
+        else:
+            where = f"pool {rec.pool}"
+        raise Exhausted(
+            f"no free address left in {where}: remove a container from the network, "
+            "or create the network with a larger --subnet"
+        )
     new = replace(
         rec,
         used=spans.add(rec.used, off),
         cursor=off + 1,
         gateway=off if gateway else rec.gateway,
+        owners=_owned(rec.owners, off, owner),
     )
     return Outcome(new, off, replayed=False)
 
 
-def _allocate_explicit(rec: PoolRecord, off: int, gateway: bool) -> Outcome:
+def _owned(owners: Mapping[int, str], off: int, owner: str | None) -> Mapping[int, str]:
+    return owners if owner is None else {**owners, off: owner}
+
+
+def _allocate_explicit(rec: PoolRecord, off: int, gateway: bool, owner: str | None) -> Outcome:
     held = spans.contains(rec.used, off)
+    address = address_at(rec.pool, off)
     if gateway:
         new = replace(rec, used=spans.add(rec.used, off), gateway=off)
         return Outcome(new, off, replayed=held)
     if held and off == rec.gateway:
-        raise AddressInUse(f"Address {address_at(rec.pool, off)} is the gateway of pool {rec.pool}")
+        raise AddressInUse(
+            f"Address {address} is already in use: it is the gateway of pool {rec.pool}; "
+            "choose another --ip"
+        )
     if held:
+        current = rec.owners.get(off)
+        if owner is not None and current is not None and current != owner:
+            raise AddressInUse(
+                f"Address {address} is already in use by another container on this network "
+                f"(pool {rec.pool}); choose another --ip, or leave --ip out to get a free address"
+            )
+        if owner is not None and current is None:
+            return Outcome(replace(rec, owners=_owned(rec.owners, off, owner)), off, True)
         return Outcome(rec, off, replayed=True)
-    return Outcome(replace(rec, used=spans.add(rec.used, off)), off, replayed=False)
+    new = replace(rec, used=spans.add(rec.used, off), owners=_owned(rec.owners, off, owner))
+    return Outcome(new, off, replayed=False)
 
 
 def release(rec: PoolRecord, off: int) -> tuple[PoolRecord, bool]:
@@ -180,4 +213,5 @@ def release(rec: PoolRecord, off: int) -> tuple[PoolRecord, bool]:
     if not spans.contains(rec.used, off):
         return rec, False
     gw = None if off == rec.gateway else rec.gateway
-    return replace(rec, used=spans.remove(rec.used, off), gateway=gw), True
+    owners = {k: v for k, v in rec.owners.items() if k != off}
+    return replace(rec, used=spans.remove(rec.used, off), gateway=gw, owners=owners), True

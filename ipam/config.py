@@ -29,19 +29,34 @@ MAX_MASK_LENGTH = 30
 class IpamConfig:
     default_pools: tuple[IPv4Network, ...]
     mask_length: int = DEFAULT_MASK_LENGTH
-    # Answer to GetCapabilities' RequiresRequestReplay. Our state persists, and
-    # every replayed call (explicit pool, explicit addresses) succeeds
-    # idempotently, so a replay is harmless; asking for it lets dockerd restore
-    # the state of its local-scope networks if the plugin's store was lost.
-    requires_replay: bool = True
+    # SCOPE=local: the local address space belongs to one standalone dockerd,
+    # which then never replays (RequiresRequestReplay is false, our state
+    # persists). So a RequestPool there for a pool that is already held comes
+    # from a second network, and is refused as Docker refuses it. With swarm,
+    # the local space mirrors the manager's choices and both spaces see
+    # replays (a new leader, a node re-creating a network after a dockerd
+    # restart) that no field of the request tells from a second network.
+    standalone: bool = False
+
+    @property
+    def requires_replay(self) -> bool:
+        """GetCapabilities' RequiresRequestReplay. Every replayed call succeeds
+        idempotently; asking for replays lets dockerd restore its local-scope
+        networks' pools if the plugin's store was lost. Standalone, a replayed
+        RequestPool could not be told from a second network with that subnet."""
+        return not self.standalone
 
     def __post_init__(self) -> None:
         _check(self.default_pools, self.mask_length)
 
     @classmethod
-    def from_strings(cls, pools: str, mask_length: str) -> IpamConfig:
+    def from_strings(cls, pools: str, mask_length: str, *, standalone: bool = False) -> IpamConfig:
         """Parse the plugin settings. Raises ValueError naming the setting."""
-        return cls(default_pools=_parse_pools(pools), mask_length=_parse_mask(mask_length))
+        return cls(
+            default_pools=_parse_pools(pools),
+            mask_length=_parse_mask(mask_length),
+            standalone=standalone,
+        )
 
 
 def _parse_pools(text: str) -> tuple[IPv4Network, ...]:

@@ -21,6 +21,10 @@ IPInterface = IPv4Interface | IPv6Interface
 REQUEST_ADDRESS_TYPE = "RequestAddressType"
 GATEWAY_TYPE = "com.docker.network.gateway"
 SERIAL_OPTION = "com.docker.network.ipam.serial"
+# libnetwork puts the endpoint's MAC here when GetCapabilities says
+# RequiresMACAddress; it is the only per-endpoint value a RequestAddress carries
+# (dockerd 20.10), so it tells a second container from a replay of the first.
+MAC_OPTION = "com.docker.network.endpoint.macaddress"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class AddressRequest:
     @property
     def is_gateway(self) -> bool:
         return self.options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
+
+    @property
+    def owner(self) -> str | None:
+        """The requesting endpoint's MAC, or None (gateway, aux address, swarm allocator)."""
+        mac = self.options.get(MAC_OPTION, "").strip().lower()
+        return mac or None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ def reserve_explicit(
     for other in index.pools:
         version, other_lo, other_hi = records.span(other)
         if version == net.version and other_lo <= hi and lo <= other_hi:
-            raise PoolOverlap(f"Pool {net} overlaps pool {other}, which is already allocated")
+            raise PoolOverlap(
+                f"Pool {net} overlaps with pool {other} of another network in this address "
+                "space; give the network a --subnet that overlaps no other network's"
+            )
     carried = None
     if index.spans_by_version is not None:
         carried = {**index.spans_by_version}
@@ -95,9 +98,10 @@ def reserve_dynamic(
     if net is None:
         names = ", ".join(str(p) for p in defaults)
         raise Exhausted(
-            f"Pool: no free /{prefixlen} left in the default address pools {names}: every "
-            "subnet is allocated or overlaps a route or address on this host "
-            "(remove unused networks, or add pools with DEFAULT_ADDR_POOLS)"
+            f"no free /{prefixlen} subnet left in the default address pools {names}: every "
+            "one is used by a network or overlaps a route or address on this host; remove "
+            "unused networks, give the network a --subnet, or add pools with the plugin "
+            "setting DEFAULT_ADDR_POOLS"
         )
     key = str(net)
     carried = {v: index.blocked(v) for v in (4, 6)}

@@ -25,13 +25,13 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import ip_interface
+from ipaddress import ip_interface, ip_network
 from typing import TypeVar
 
 from ipam import addresses, pools, spans
 from ipam.addresses import PoolRecord
 from ipam.config import IpamConfig
-from ipam.errors import AddressOutOfPool, InvalidRequest, UnknownPool
+from ipam.errors import AddressOutOfPool, InvalidRequest, PoolOverlap, UnknownPool
 from ipam.messages import (
     SERIAL_OPTION,
     AddressGrant,
@@ -110,8 +110,13 @@ class IpamService:
     # -- GetCapabilities, GetDefaultAddressSpaces ---------------------------------
 
     def capabilities(self) -> tuple[bool, bool]:
-        """(RequiresMACAddress, RequiresRequestReplay)."""
-        return False, self._config.requires_replay
+        """(RequiresMACAddress, RequiresRequestReplay).
+
+        RequiresMACAddress makes libnetwork send each endpoint's MAC with its
+        RequestAddress: the owner that tells a second ``--ip`` from a replay
+        (``addresses``). libnetwork then picks a random MAC for endpoints that
+        have none, instead of the driver deriving one from the IP."""
+        return True, self._config.requires_replay
 
     def default_address_spaces(self) -> tuple[str, str]:
         return self.LOCAL_SPACE, self.GLOBAL_SPACE
@@ -134,6 +139,11 @@ class IpamService:
             if sub is not None and not within(sub, net):
                 raise InvalidRequest(f"SubPool: {sub} is not inside Pool {net}")
             net, inc, created = self._reserve_explicit(space, net)
+            if not created and self._config.standalone and space.name == self.LOCAL_SPACE:
+                raise PoolOverlap(
+                    f"Pool {net} is already used by another network in this address space; "
+                    "give each network its own --subnet"
+                )
         ref = PoolRef(space.name, net, sub)
         try:
             self._hold(space, ref, inc, req.options)
@@ -195,6 +205,7 @@ class IpamService:
                 explicit=req.address,
                 gateway=req.is_gateway,
                 serial=serial == "true",
+                owner=req.owner,
             )
             return (current if out.record is rec else out.record.encode()), out
 
@@ -312,6 +323,57 @@ class IpamService:
             return addresses.with_holder(rec, ref.sub_key, opts).encode(), None
 
         _update(space.kv, key, step)
+
+    # -- start-up -------------------------------------------------------------------
+
+    def sweep(self, *, shared_too: bool) -> list[str]:
+        """Release subnets reserved in an index but held by no pool record.
+
+        RequestPool reserves the subnet in the index, then writes the pool record;
+        ReleasePool deletes the record, then the reservation. A crash in between
+        leaves a reservation nobody can release (ReleasePool answers "not
+        allocated") and every later request skips the subnet. Run at start, before
+        any request, only on spaces no other process writes: the local space, and
+        the global one when it lives in this host's own store (``shared_too``).
+        Also released: pools that hold no address at all, not even a gateway.
+        Docker asks for the gateway right after every RequestPool, so such a
+        pool is one whose reply a crash lost (Docker re-sends the call and gets
+        another pool), or one whose ReleasePool a crash cut short. Left alone,
+        either is held for good.
+
+        Returns a line per released subnet.
+        """
+        out: list[str] = []
+        for space in self._spaces.values():
+            if space.name == self.GLOBAL_SPACE and not shared_too:
+                continue
+            index = self._index(space, space.kv.get(space.index_key))
+            for cidr, inc in sorted(index.pools.items()):
+                net = ip_network(cidr)
+                key = space.pool_key(net)
+                raw = space.kv.get(key)
+                rec = None if raw is None else PoolRecord.decode(raw, key)
+                if rec is not None and rec.incarnation == inc:
+                    if rec.used or not self._drop_if_empty(space, key, inc):
+                        continue
+                    why = "it never handed out an address"
+                else:
+                    why = "no pool record held it"
+                self._unreserve(space, net, inc)
+                out.append(f"{space.name} pool {cidr}: released, {why}")
+        return out
+
+    @staticmethod
+    def _drop_if_empty(space: _Space, key: str, inc: str) -> bool:
+        def step(current: bytes | None) -> tuple[bytes | None, bool]:
+            if current is None:
+                return None, True
+            rec = PoolRecord.decode(current, key)
+            if rec.incarnation != inc or rec.used:
+                return current, False
+            return None, True
+
+        return _update(space.kv, key, step)
 
 
 def _interface(address: IPAddress, pool: IPNetwork) -> IPInterface:

@@ -30,4 +30,5 @@ def rotate_keys() -> dict[str, Any]:
 @bp.post("/Swarmnet.Status")
 def status() -> dict[str, Any]:
     """Networks with their VNI, MTU, endpoint and remote-peer counts; the control plane's state."""
-    return dict(services().network.status())
+    s = services()
+    return {**s.network.status(), "LoadBalancing": dict(s.lb_status())}

@@ -7,12 +7,18 @@ test), never at import time: importing opens no socket, file or netlink handle.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from driver.encryption import Ipsec, NoIpsec
 from driver.kernel.port import Kernel
+from driver.lb.port import LoadBalancer
+from driver.lb.programmer import LoadBalancing, sandbox_locator
 from driver.peers import ControlPlane
 from driver.ports import KV
 from driver.service import NetworkDriverService
@@ -21,7 +27,12 @@ from ipam.service import IpamService
 from plugin import admin, errors, routes
 from plugin.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from plugin.lbcollector import Collector
+
 log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # bytes
 
 
 def _netlink_kernel(settings: Settings) -> Kernel:
@@ -37,9 +48,27 @@ def _netlink_ipsec() -> Ipsec:
     return NetlinkIpsec(None)
 
 
+def _netlink_load_balancer() -> LoadBalancer:
+    from driver.kernel import procsys
+    from driver.kernel.lb import NetlinkLoadBalancer
+
+    problem = procsys.make_writable()
+    if problem is not None:
+        # IPVS still balances without Docker's sysctls, only less well (connections to a
+        # removed task hang until their timeout): better than no balancing at all.
+        log.warning(
+            "load balancing: %s; IPVS sysctls (net.ipv4.vs.*) stay at the kernel's defaults",
+            problem,
+        )
+    return NetlinkLoadBalancer(require_sysctls=problem is None)
+
+
 def _embedded_store(settings: Settings) -> KV:
     from plugin.store.sqlite import SqliteKV
 
+    # Only root reads the state directory: the store in it holds the IPsec master keys.
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(settings.state_dir, 0o700)
     return SqliteKV(settings.store_path)
 
 
@@ -66,6 +95,75 @@ def _etcd(settings: Settings, local: KV) -> tuple[KV, ControlPlane]:
     return kv, EtcdControlPlane(kv, ttl=settings.peer_ttl, node=_node_id(local))
 
 
+def _load_balancing(
+    settings: Settings,
+    network: NetworkDriverService,
+    local: KV,
+    shared: KV,
+    lb: LoadBalancer | None,
+    node_id: str,
+) -> tuple[Callable[[], Mapping[str, Any]], tuple[Callable[[], None], ...]]:
+    """Service VIP load balancing: the node-side programmer, and on managers the collector.
+
+    Returns the status function and what to stop on the way out. Off by setting, and
+    off (with one log line and a status line) on a kernel without IPVS; the collector
+    still runs then, since the other nodes' sandboxes need the records.
+    """
+    if not settings.load_balancing:
+        log.info("load balancing: off (LOAD_BALANCING=off)")
+        return (lambda: {"State": "off", "Reason": "LOAD_BALANCING=off"}), ()
+    background: list[Callable[[], None]] = []
+    collector = _collector(settings, shared, node_id)
+    if collector is not None:
+        collector.start()
+        background.append(collector.close)
+    reason = lb.unavailable() if lb is not None else "no load balancer configured"
+    if lb is None or reason is not None:
+        log.warning(
+            "load balancing: off on this node: %s; service VIPs on swarmnet networks do not "
+            "balance here (--endpoint-mode dnsrr works)",
+            reason,
+        )
+
+        def off() -> Mapping[str, Any]:
+            out: dict[str, Any] = {"State": "off", "Reason": reason}
+            if collector is not None:
+                out["Collector"] = collector.describe()
+            return out
+
+        return off, tuple(background)
+    programmer = LoadBalancing(lb, local, shared, sandbox_locator(settings.sandbox_root))
+    network.on_sandbox_change = programmer.nudge
+    programmer.start()
+    background.insert(0, programmer.close)
+
+    def on() -> Mapping[str, Any]:
+        out = dict(programmer.status())
+        if collector is not None:
+            out["Collector"] = collector.describe()
+        return out
+
+    return on, tuple(background)
+
+
+def _collector(settings: Settings, shared: KV, node_id: str) -> Collector | None:
+    """The elected collector of the swarm's service view; None where there is no swarm."""
+    if settings.driver.scope != "global":
+        return None
+    from plugin.election import Election, EtcdElection, LocalElection
+    from plugin.lbcollector import Collector, vni_networks
+    from plugin.store.etcd import EtcdKV
+    from plugin.swarmview import SwarmView
+
+    # Several managers on one etcd: one of them collects. One host: it is the one.
+    election: Election = (
+        EtcdElection(shared, identity=f"{socket.gethostname()}/{node_id[:12]}")
+        if isinstance(shared, EtcdKV)
+        else LocalElection()
+    )
+    return Collector(SwarmView(settings.docker_host), shared, election, vni_networks(shared))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -74,12 +172,16 @@ def create_app(
     shared: KV | None = None,
     control: ControlPlane | None = None,
     ipsec: Ipsec | None = None,
+    load_balancer: LoadBalancer | None = None,
     reconcile: bool = True,
 ) -> Flask:
+    kernel_is_real = kernel is None
     if ipsec is None:
         # The real xfrm goes with the real kernel; a test's fake kernel has no IPsec
         # unless it brings one, so its encrypted networks are refused.
         ipsec = _netlink_ipsec() if kernel is None else NoIpsec("the kernel in use has no IPsec")
+    if kernel is None and load_balancer is None:
+        load_balancer = _netlink_load_balancer()
     kernel = kernel if kernel is not None else _netlink_kernel(settings)
     local = local if local is not None else _embedded_store(settings)
     if shared is None and settings.etcd_endpoints:
@@ -88,7 +190,9 @@ def create_app(
     shared = shared if shared is not None else local
     try:
         ipam_config = IpamConfig.from_strings(
-            settings.default_addr_pools, settings.default_addr_pool_mask_length
+            settings.default_addr_pools,
+            settings.default_addr_pool_mask_length,
+            standalone=settings.driver.scope == "local",
         )
     except ValueError as e:
         raise SettingsError(str(e)) from None
@@ -99,12 +203,25 @@ def create_app(
     )
     if reconcile:
         changes = network.reconcile()
+        # Before any request: subnets a crash left reserved with no pool record.
+        changes += ipam.sweep(shared_too=shared is local)
         for line in changes:
             log.info("reconcile: %s", line)
         log.info("reconcile: %d change(s)", len(changes))
 
+    if load_balancer is not None or kernel_is_real:
+        lb_status, background = _load_balancing(
+            settings, network, local, shared, load_balancer, _node_id(local)
+        )
+    else:
+        lb_status, background = (lambda: {"State": "off", "Reason": "not configured"}), ()
+
     app = Flask("swarmnet")
-    app.extensions["swarmnet"] = routes.Services(network=network, ipam=ipam)
+    # The largest body dockerd sends is a few kB; anything past this is a 413.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["swarmnet"] = routes.Services(
+        network=network, ipam=ipam, lb_status=lb_status, background=background
+    )
     app.register_blueprint(routes.bp)
     app.register_blueprint(admin.bp)
     errors.install(app)

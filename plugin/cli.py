@@ -11,11 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugin import settings as settings_mod
 from plugin.settings import Settings, SettingsError
 from plugin.unixhttp import UnixHTTPConnection
+
+if TYPE_CHECKING:
+    from plugin.server import Loaded
 
 log = logging.getLogger("swarmnet")
 
@@ -29,32 +32,54 @@ def _setup_logging(level: str) -> None:
     # pyroute2 logs every netlink message at debug: far too much, even for debugging.
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    # waitress warns whenever a request waits for a free thread: routine at 16 at a time.
-    logging.getLogger("waitress.queue").setLevel(
-        logging.DEBUG if level == "debug" else logging.ERROR
-    )
 
 
 def _serve(settings: Settings) -> int:
-    # One process. The socket is bound first, so dockerd's first call waits in the backlog
-    # while the app is built and reconciles.
-    from plugin import heap, server
-    from plugin.app import create_app
+    """gunicorn: its arbiter binds the socket and forks one worker, which builds the app."""
+    from ipam.config import IpamConfig
+    from plugin import server
 
-    with server.listening(settings.socket) as sock:
-        try:
-            app = create_app(settings)
-        except SettingsError as e:
-            print(f"swarmnet: bad setting: {e}", file=sys.stderr)
-            return 2
-        heap.start_trimming()
-        try:
-            server.serve(app, sock, access=settings.log_level == "debug")
-        finally:
-            # Withdrawals queued just before the signal still reach etcd, so other nodes
-            # drop those endpoints now rather than when this node's lease runs out.
-            app.extensions["swarmnet"].network.close()
-    return 0
+    # Checked here too, so that a bad pool stops the plugin with its message before the
+    # fork rather than as a worker that fails to boot.
+    try:
+        IpamConfig.from_strings(settings.default_addr_pools, settings.default_addr_pool_mask_length)
+    except ValueError as e:
+        print(f"swarmnet: bad setting: {e}", file=sys.stderr)
+        return 2
+    return server.serve(
+        lambda: _load(settings),
+        settings.socket,
+        access=settings.log_level == "debug",
+        log_level=settings.log_level,
+    )
+
+
+def _load(settings: Settings) -> Loaded:
+    """In gunicorn's worker, after the fork, and again in each replacement worker: the
+    app, built and reconciled, and what stops it."""
+    from plugin import heap
+    from plugin.app import create_app
+    from plugin.server import Loaded
+
+    app = create_app(settings)
+    services = app.extensions["swarmnet"]
+    trimmer = heap.start_trimming()
+
+    def close() -> None:
+        network = services.network
+        # Background parts stop, then the control plane writes the withdrawals queued just
+        # before the signal, so other nodes drop those endpoints now rather than when this
+        # node's lease runs out.
+        services.close()
+        network.encryption.close()  # the IPsec keeper thread
+        settle = getattr(network.kernel, "settle", None)
+        if settle is not None:
+            settle()  # the veth reaper finishes its batch; a next start reaps the rest
+        if trimmer is not None:
+            trimmer.stop()
+        log.info("stopped: services closed")
+
+    return Loaded(app, close)
 
 
 def call_plugin(sock: Path, path: str, timeout: float = 60.0) -> tuple[int, Any]:
@@ -111,11 +136,53 @@ def _status(sock: Path) -> int:
     )
     for n in reply["Networks"]:
         flags = ",".join(f for f in ("internal", "encrypted") if n[f.capitalize()])
+        if n.get("Broken"):
+            flags = ",".join(f for f in (flags, "BROKEN") if f)
         print(
             f"{n['NetworkID'][:25]:<26} {n['VNI']:>8} {n['MTU']:>6} {n['Endpoints']:>9} "
             f"{n['Joined']:>6} {n['RemotePeers']:>6}  {flags}"
         )
+        if n.get("Broken"):
+            print(f"  not rebuilt on this node, retrying: {n['Broken']}")
+    # Which nodes can carry encrypted networks (each node's record, on its lease).
+    print(f"{'NODE':<26} {'ENCRYPTED NETWORKS'}")
+    for node in reply.get("Nodes", []):
+        esp = node.get("ESP")
+        can = "yes" if esp else ("unknown" if esp is None else f"no: {node.get('ESPDetail', '')}")
+        print(f"{node['Node'][:25]:<26} {can}")
+    _print_load_balancing(reply.get("LoadBalancing", {}))
     return 0
+
+
+def _print_load_balancing(lb: dict[str, Any]) -> None:
+    """Per network, each service VIP with its backends and weights; the collector's role."""
+    state = lb.get("State", "unknown")
+    line = f"load balancing: {state}"
+    if lb.get("Reason"):
+        line += f" ({lb['Reason']})"
+    sandboxes = lb.get("Sandboxes")
+    if sandboxes:
+        line += (
+            f"; sandboxes programmed {sandboxes['Programmed']}, waiting {sandboxes['Waiting']}, "
+            f"given up {sandboxes['GivenUp']}"
+        )
+    print(line)
+    collector = lb.get("Collector")
+    if collector:
+        print(
+            f"  collector: {collector.get('Role', '?')}, {collector.get('Services', 0)} "
+            f"service(s), {collector.get('Backends', 0)} backend(s)"
+            + (f", last error: {collector['LastError']}" if collector.get("LastError") else "")
+        )
+    if lb.get("Store", "ok") != "ok":
+        print(f"  service records: {lb['Store']}")
+    if lb.get("LastError"):
+        print(f"  last error: {lb['LastError']}")
+    for net in lb.get("Networks", []):
+        print(f"  network {net['ShortID']}: {net['SandboxesProgrammed']} sandbox(es) programmed")
+        for svc in net["Services"]:
+            backends = " ".join(f"{b['IP']}*{b['Weight']}" for b in svc["Backends"]) or "-"
+            print(f"    {svc['Name'] or svc['ServiceID'][:12]:<20} {svc['VIP']:<16} {backends}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,13 +40,47 @@ class BadRequest(Exception):
     http_status = 400
 
 
+# No protocol body nests deeper than a few levels; this much is already absurd.
+MAX_DEPTH = 32
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether brackets nest deeper than MAX_DEPTH (strings skipped), before json sees it.
+
+    json.loads recurses per level, so "[" * 100000 would end in a RecursionError.
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
+    if _too_deep(raw):
+        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels")
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+        raise BadRequest(f"request body is not valid JSON: {names.cut(str(e), 200)}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
     return body
@@ -60,6 +94,9 @@ class Fields:
         self.path = path
 
     def _name(self, key: str) -> str:
+        # Keys may come from the client (AuxAddresses): quote at most a bounded part.
+        if len(key) > names.QUOTE_LIMIT:
+            key = key[: names.QUOTE_LIMIT] + "..."
         return f"{self.path}.{key}" if self.path else key
 
     def _get(self, key: str, kind: type[T], required: bool) -> T | None:
@@ -83,7 +120,8 @@ class Fields:
 
     def integer(self, key: str) -> int:
         value = self._get(key, int, True)
-        assert value is not None
+        if value is None:
+            raise BadRequest(f"{self._name(key)}: missing")
         return value
 
     def object(self, key: str, required: bool = False) -> Fields:
@@ -110,13 +148,13 @@ class Fields:
             elif isinstance(v, (int, float)):
                 out[k] = str(v)
             else:
-                raise BadRequest(f"{self._name(key)}.{k}: expected a string value")
+                raise BadRequest(f"{Fields({}, self._name(key))._name(k)}: expected a string value")
         return MappingProxyType(out)
 
     def object_id(self, key: str) -> str:
         value = self.string(key)
         if not names.is_object_id(value):
-            raise BadRequest(f"{self._name(key)}: {value!r} is not a Docker object ID")
+            raise BadRequest(f"{self._name(key)}: {names.cut(value)} is not a Docker object ID")
         return value
 
     def network(self, key: str, required: bool = True) -> IPNetwork | None:
@@ -128,7 +166,9 @@ class Fields:
         try:
             return ipaddress.ip_network(value, strict=True)
         except ValueError as e:
-            raise BadRequest(f"{self._name(key)}: {value!r} is not a CIDR subnet ({e})") from None
+            raise BadRequest(
+                f"{self._name(key)}: {names.cut(value)} is not a CIDR subnet ({names.cut(str(e))})"
+            ) from None
 
     def interface(self, key: str) -> IPInterface | None:
         value = self.string(key, False)
@@ -140,18 +180,29 @@ class Fields:
             return ipaddress.ip_interface(value)
         except ValueError:
             raise BadRequest(
-                f"{self._name(key)}: {value!r} is not an address with prefix length (a.b.c.d/n)"
+                f"{self._name(key)}: {names.cut(value)} is not an address with prefix length "
+                "(a.b.c.d/n)"
             ) from None
 
     def address(self, key: str, required: bool = False) -> IPAddress | None:
         value = self.string(key, required)
         if not value:
+            if required:
+                raise BadRequest(f"{self._name(key)}: missing")
             return None
         try:
             # Docker sometimes sends CIDR form where a plain address is meant.
             return ipaddress.ip_interface(value).ip
         except ValueError:
-            raise BadRequest(f"{self._name(key)}: {value!r} is not an IP address") from None
+            raise BadRequest(
+                f"{self._name(key)}: {names.cut(value)} is not an IP address"
+            ) from None
+
+    def required_address(self, key: str) -> IPAddress:
+        value = self.address(key, required=True)
+        if value is None:
+            raise BadRequest(f"{self._name(key)}: missing")
+        return value
 
     def mac(self, key: str) -> str | None:
         value = self.string(key, False)
@@ -160,7 +211,7 @@ class Fields:
         try:
             return macs.normalise(value)
         except ValueError as e:
-            raise BadRequest(f"{self._name(key)}: {e}") from None
+            raise BadRequest(f"{self._name(key)}: {names.cut(str(e), 200)}") from None
 
 
 # -- NetworkDriver -------------------------------------------------------------
@@ -170,18 +221,31 @@ def _ip_data(items: list[Fields]) -> tuple[IPData, ...]:
     out = []
     for f in items:
         pool = f.network("Pool")
-        assert pool is not None
+        if pool is None:
+            raise BadRequest(f"{f._name('Pool')}: missing")
         aux_f = f.object("AuxAddresses")
         aux = {name: a for name in aux_f.data if (a := aux_f.interface(name)) is not None}
+        gateway = f.interface("Gateway")
+        if gateway is not None:
+            _check_gateway(f._name("Gateway"), gateway, pool)
         out.append(
             IPData(
                 pool=pool,
-                gateway=f.interface("Gateway"),
+                gateway=gateway,
                 address_space=f.string("AddressSpace", False),
                 aux_addresses=MappingProxyType(aux),
             )
         )
     return tuple(out)
+
+
+def _check_gateway(name: str, gateway: IPInterface, pool: IPNetwork) -> None:
+    """The bridge gets this address: refuse what the kernel would refuse, before any change."""
+    ip = gateway.ip
+    if ip.version != pool.version or ip not in pool:
+        raise BadRequest(f"{name}: {gateway} is not inside the Pool {pool}")
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise BadRequest(f"{name}: {gateway} is not a unicast host address")
 
 
 def network_id(body: dict[str, Any]) -> str:
@@ -211,7 +275,7 @@ def _flag(options: Fields, generic: Mapping[str, str], key: str) -> bool:
         return False
     if isinstance(value, str) and value.lower() in ("true", "false", ""):
         return value.lower() == "true"
-    raise BadRequest(f"Options.{key}: expected a boolean, got {value!r}")
+    raise BadRequest(f"Options.{key}: expected a boolean, got {names.cut(value)}")
 
 
 def create_network(body: dict[str, Any]) -> CreateNetwork:
@@ -255,8 +319,7 @@ def discovery(body: dict[str, Any]) -> NodeDiscovery | None:
     if f.integer("DiscoveryType") != NODE_DISCOVERY:
         return None
     data = f.object("DiscoveryData", required=True)
-    addr = data.address("Address", required=True)
-    assert addr is not None
+    addr = data.required_address("Address")
     return NodeDiscovery(
         address=addr, self_node=data.boolean("Self"), bind_address=data.address("BindAddress")
     )
@@ -298,6 +361,5 @@ def request_address(body: dict[str, Any]) -> AddressRequest:
 
 
 def release_address(body: dict[str, Any]) -> tuple[str, IPAddress]:
-    addr = Fields(body).address("Address", required=True)
-    assert addr is not None
+    addr = Fields(body).required_address("Address")
     return pool_id(body), addr

@@ -2,7 +2,8 @@
 
 Layout under the versioned prefix:
 
-    /swarmnet/v1/nodes/<vtep>                this node is alive (on its lease)
+    /swarmnet/v1/nodes/<node>                this node is alive (on its lease), and what it
+                                             can do: {"node", "ttl", "vtep", "esp", "esp_detail"}
     /swarmnet/v1/peers/<network>/<endpoint>  one endpoint: IP, MAC, VTEP (on its node's lease)
 
 Every key a node writes hangs off one etcd lease with TTL = PEER_TTL. A node
@@ -58,6 +59,7 @@ class EtcdControlPlane:
         self._outbox: dict[tuple[str, str], PeerRecord | None] = {}
         self._sending = False
         self._dirty = True  # something we own may be missing from etcd
+        self._info: dict[str, object] = {}  # announced facts for the node record
         self._lease: int | None = None
         self._state: dict[str, dict[str, PeerRecord]] = {}
         # No snapshot before the first complete list: an empty state that only means
@@ -119,6 +121,26 @@ class EtcdControlPlane:
             time.sleep(0.01)
         return False
 
+    def announce(self, info: Mapping[str, object]) -> None:
+        """Put ``info`` into this node's record (written again with the next round)."""
+        with self._lock:
+            self._info = dict(info)
+            self._dirty = True
+        self._wake.set()
+
+    def nodes(self) -> dict[str, Mapping[str, object]]:
+        try:
+            listed = self.kv.list(NODES)
+        except StoreUnavailable:
+            return {}
+        out: dict[str, Mapping[str, object]] = {}
+        for key, raw in listed.items():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(raw)
+                if isinstance(rec, dict):
+                    out[key[len(NODES) :]] = rec
+        return out
+
     def describe(self) -> str:
         state = "connected" if self.connected.is_set() else "NOT connected"
         return f"etcd {','.join(self.kv.endpoints)} ({state}, lease TTL {self.ttl}s)"
@@ -152,9 +174,10 @@ class EtcdControlPlane:
             self._outbox.clear()
             records = list(self._published.values())
             deletes = set(self._pending_deletes)
+            info = dict(self._info)
         self.kv.put(
             NODES + self.node,
-            json.dumps({"node": self.node, "ttl": self.ttl}).encode(),
+            json.dumps({**info, "node": self.node, "ttl": self.ttl}).encode(),
             lease=lease,
         )
         for rec in records:

@@ -1,8 +1,11 @@
 """The one error map: exceptions to HTTP status and the protocol's error body.
 
-NetworkDriver replies carry the message under "Err", IpamDriver replies under
-"Error". Domain errors say their own status (``http_status``). Anything else is
-a bug: its traceback goes to the log, and the caller gets a short message.
+NetworkDriver replies carry the message under "Err". IpamDriver replies carry
+it under both "Error" (the IPAM protocol's field) and "Err": on a non-200 reply
+Docker's plugin client reads only "Err" and otherwise prints the whole body, so
+without it a user reads raw JSON. Domain errors say their own status
+(``http_status``). Anything else is a bug: its traceback goes to the log, and
+the caller gets a short message.
 """
 
 from __future__ import annotations
@@ -15,12 +18,26 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 
-def error_key(path: str) -> str:
-    return "Error" if path.startswith("/IpamDriver.") else "Err"
+def error_keys(path: str) -> tuple[str, ...]:
+    return ("Error", "Err") if path.startswith("/IpamDriver.") else ("Err",)
+
+
+# Longest error message sent or logged: a client's 10 MB field must not come back
+# as a 10 MB reply and log line. The codec already quotes values cut short.
+MAX_MESSAGE = 1024
+
+
+def _bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _path() -> str:
+    return _bounded(request.path, 100)
 
 
 def error_response(status: int, message: str) -> Response:
-    resp = jsonify({error_key(request.path): message})
+    message = _bounded(message)
+    resp = jsonify({key: message for key in error_keys(request.path)})
     resp.status_code = status
     return resp
 
@@ -30,18 +47,19 @@ def _handle(exc: Exception) -> Response:
         code = exc.code or 500
         if code == 404:
             # libnetwork reads 404 as "this plugin does not implement that call".
-            return error_response(404, f"{request.path}: not implemented by swarmnet-overlay")
-        return error_response(code, f"{request.path}: {exc.description}")
+            return error_response(404, f"{_path()}: not implemented by swarmnet-overlay")
+        return error_response(code, f"{_path()}: {exc.description}")
     status = getattr(exc, "http_status", None)
     if isinstance(status, int) and 400 <= status < 600:
+        message = _bounded(str(exc))
         if status >= 500:
-            log.error("%s failed: %s", request.path, exc)
+            log.error("%s failed: %s", _path(), message)
         else:
-            log.info("%s rejected: %s", request.path, exc)
-        return error_response(status, str(exc))
-    log.exception("%s: unexpected error", request.path)
+            log.info("%s rejected: %s", _path(), message)
+        return error_response(status, message)
+    log.exception("%s: unexpected error", _path())
     return error_response(
-        500, f"{request.path}: internal error ({type(exc).__name__}); see the plugin log"
+        500, f"{_path()}: internal error ({type(exc).__name__}); see the plugin log"
     )
 
 

@@ -8,6 +8,7 @@ handshake (``/Plugin.Activate``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,26 @@ bp = Blueprint("protocol", __name__)
 Reply = dict[str, Any]
 
 
+def _off() -> Mapping[str, Any]:
+    return {"State": "off", "Reason": "not configured"}
+
+
 @dataclass(frozen=True)
 class Services:
     network: NetworkDriverService
     ipam: IpamService
+    # Load balancing's view for status, and the background parts to stop on the way out.
+    lb_status: Callable[[], Mapping[str, Any]] = _off
+    background: tuple[Callable[[], None], ...] = ()
+
+    def close(self) -> None:
+        """On the way out: stop the background parts, then the control plane flushes."""
+        for stop in self.background:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %r", stop)
+        self.network.close()
 
 
 def services() -> Services:
@@ -38,7 +55,9 @@ def services() -> Services:
 def body() -> dict[str, Any]:
     raw = request.get_data(cache=True)
     parsed = codec.parse_body(raw)
-    log.debug("%s %s", request.path, raw.decode("utf-8", "replace"))
+    if log.isEnabledFor(logging.DEBUG):
+        text = raw[:4096].decode("utf-8", "replace")
+        log.debug("%s %s%s", request.path, text, "..." if len(raw) > 4096 else "")
     return parsed
 
 

@@ -26,6 +26,9 @@ from driver.vni import VNI_MAX
 DEFAULT_SOCKET = Path("/run/docker/plugins/swarmnet.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/swarmnet")
 DEFAULT_RUN_DIR = Path("/run/swarmnet")
+# The plugin's docker-run and docker-socket mounts (config.json).
+DEFAULT_SANDBOX_ROOT = "/run/docker-host"
+DEFAULT_DOCKER_HOST = "unix:///run/docker-host.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -47,6 +50,10 @@ class Settings:
     etcd_cert: str = ""
     etcd_key: str = ""
     peer_ttl: int = 15
+    load_balancing: bool = True
+    docker_host: str = DEFAULT_DOCKER_HOST
+    # Where dockerd's exec root is seen; "" takes each SandboxKey as it is.
+    sandbox_root: str = DEFAULT_SANDBOX_ROOT
 
     @property
     def netns_dir(self) -> Path:
@@ -113,6 +120,64 @@ def _address(name: str, raw: str) -> IPAddress | None:
         raise SettingsError(f"{name}={raw!r}: not an IP address") from None
 
 
+def _vtep(name: str, raw: str) -> IPAddress | None:
+    addr = _address(name, raw)
+    if addr is not None and (
+        addr.is_unspecified or addr.is_multicast or str(addr) == "255.255.255.255"
+    ):
+        raise SettingsError(f"{name}={raw!r}: must be a unicast address of this node")
+    return addr
+
+
+def _switch(name: str, raw: str, default: bool) -> bool:
+    text = raw.strip().lower()
+    if not text:
+        return default
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: must be on or off")
+
+
+def _docker_host(raw: str) -> str:
+    text = raw.strip() or DEFAULT_DOCKER_HOST
+    if not text.startswith(("unix://", "tcp://", "http://", "https://")):
+        raise SettingsError(
+            f"DOCKER_HOST={raw[:100]!r}: expected unix:///path/to/docker.sock or tcp://host:port"
+        )
+    return text
+
+
+def _check_etcd_tls(env: Mapping[str, str], endpoints: tuple[str, ...]) -> None:
+    """TLS settings that would fail open (plain HTTP, no client certificate) stop the start.
+
+    IPsec keys and peer records cross the etcd connection: an http:// endpoint
+    next to ETCD_CA/CERT/KEY would send them in clear without a word.
+    """
+    ca, cert, key = (env.get(n, "").strip() for n in ("ETCD_CA", "ETCD_CERT", "ETCD_KEY"))
+    if not (ca or cert or key):
+        return
+    given = ", ".join(n for n, v in (("ETCD_CA", ca), ("ETCD_CERT", cert), ("ETCD_KEY", key)) if v)
+    if not endpoints:
+        raise SettingsError(f"{given}: set, but ETCD_ENDPOINTS is empty (no etcd to use them with)")
+    plain = [e for e in endpoints if not e.startswith("https://")]
+    if plain:
+        raise SettingsError(
+            f"ETCD_ENDPOINTS: {plain[0][:100]!r} is plain http:// but {given} is set; "
+            "use https:// so that keys and peer records are not sent in clear"
+        )
+    if bool(cert) != bool(key):
+        have, missing = ("ETCD_CERT", "ETCD_KEY") if cert else ("ETCD_KEY", "ETCD_CERT")
+        raise SettingsError(
+            f"{missing}: empty, but {have} is set; a client certificate needs both"
+        )
+    for name, path in (("ETCD_CA", ca), ("ETCD_CERT", cert), ("ETCD_KEY", key)):
+        if path and not os.access(path, os.R_OK):
+            why = "does not exist" if not os.path.exists(path) else "is not readable"
+            raise SettingsError(f"{name}={path[:200]!r}: the file {why}")
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     scope = env.get("SCOPE", "global").strip().lower() or "global"
@@ -140,13 +205,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         vxlan_port=vxlan_port,
         vni_range=_vni_range(env.get("VNI_RANGE", "")),
         mtu=_int(env, "MTU", 1500, 626, 65535) if mtu_raw else None,
-        data_path_addr=_address("DATA_PATH_ADDR", env.get("DATA_PATH_ADDR", "")),
+        data_path_addr=_vtep("DATA_PATH_ADDR", env.get("DATA_PATH_ADDR", "")),
         encryption=encryption,
     )
     endpoints = tuple(e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip())
     for e in endpoints:
         if not e.startswith(("http://", "https://")):
-            raise SettingsError(f"ETCD_ENDPOINTS: {e!r} must start with http:// or https://")
+            raise SettingsError(
+                f"ETCD_ENDPOINTS: {e[:100]!r} must start with http:// or https://"
+            )
+    _check_etcd_tls(env, endpoints)
     return Settings(
         socket=Path(env.get("SOCKET", "") or DEFAULT_SOCKET),
         state_dir=Path(env.get("STATE_DIR", "") or DEFAULT_STATE_DIR),
@@ -161,4 +229,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         etcd_cert=env.get("ETCD_CERT", "").strip(),
         etcd_key=env.get("ETCD_KEY", "").strip(),
         peer_ttl=_int(env, "PEER_TTL", 15, 3, 3600),
+        load_balancing=_switch("LOAD_BALANCING", env.get("LOAD_BALANCING", ""), True),
+        docker_host=_docker_host(env.get("DOCKER_HOST", "")),
+        sandbox_root=env.get("SANDBOX_ROOT", DEFAULT_SANDBOX_ROOT).strip(),
     )

@@ -35,7 +35,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from driver.kernel.port import (
     NetworkSpec,
     Peer,
 )
+from driver.keylocks import KeyedLocks
 
 DEFAULT_NETNS_DIR = Path("/run/swarmnet/netns")
 DEFAULT_MTU = 1500
@@ -86,8 +88,7 @@ class NetlinkKernel:
     def __init__(self, netns_dir: Path = DEFAULT_NETNS_DIR, host_netns: Path | None = None) -> None:
         self._netns_dir = netns_dir
         self._host_netns = host_netns
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks = KeyedLocks()
         self._staging_lock = threading.Lock()
         # Per network (short ID), used and changed only under that network's lock.
         self._bridges: dict[str, int] = {}  # the bridge's ifindex in the namespace
@@ -95,9 +96,8 @@ class NetlinkKernel:
 
     # -- handles and locks -------------------------------------------------
 
-    def _lock(self, network_id: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(names.short(network_id), threading.Lock())
+    def _lock(self, network_id: str) -> AbstractContextManager[None]:
+        return self._locks.hold(names.short(network_id))
 
     def _path(self, network_id: str) -> Path:
         return self._netns_dir / names.netns(network_id)
@@ -233,25 +233,48 @@ class NetlinkKernel:
             link = _get_link(ns, names.VXLAN)
             if link is not None and not _vxlan_matches(link, spec):
                 # VNI, port and local address cannot be changed in place: replace
-                # the device, carrying its peers over.
+                # the device, carrying its peers over. The kernel refuses a second
+                # device with the same VNI and port, so the old one must go first;
+                # if the new one cannot be made, the old one is made again.
                 saved = _read_peers(ns, int(link["index"]))
+                previous = _vxlan_spec(link, spec)
                 _delete_link(ns, int(link["index"]))
-                link = None
-            if link is None:
-                for stale in ns.link("dump"):
-                    if _STAGING.match(stale.get("ifname") or ""):
-                        _delete_link(ns, int(stale["index"]))
-                self._create_vxlan(ns, spec)
+                try:
+                    self._replace_vxlan(ns, spec)
+                except BaseException:
+                    if previous is not None:
+                        with suppress(KernelError, NetlinkError, OSError):
+                            self._replace_vxlan(ns, previous)
+                            self._attach_vxlan(ns, bridge, previous, saved)
+                    raise
                 link = _must_link(ns, names.VXLAN)
-            index = int(link["index"])
-            if link.get("mtu") != spec.mtu:
-                ns.link("set", index=index, mtu=spec.mtu)
-            if link.get("master") != bridge:
-                ns.link("set", index=index, master=bridge)
-            if not link["flags"] & IFF_UP:
-                ns.link("set", index=index, state="up")
-            for peer in saved:
-                _program_peer(ns, index, peer)
+            if link is None:
+                self._replace_vxlan(ns, spec)
+                link = _must_link(ns, names.VXLAN)
+            self._attach_vxlan(ns, bridge, spec, saved, link)
+
+    def _replace_vxlan(self, ns: Handle, spec: NetworkSpec) -> None:
+        for stale in ns.link("dump"):
+            if _STAGING.match(stale.get("ifname") or ""):
+                _delete_link(ns, int(stale["index"]))
+        self._create_vxlan(ns, spec)
+
+    @staticmethod
+    def _attach_vxlan(
+        ns: Handle, bridge: int, spec: NetworkSpec, saved: set[Peer], link: Msg | None = None
+    ) -> None:
+        """MTU, bridge, up, and the peers carried over from a replaced device."""
+        if link is None:
+            link = _must_link(ns, names.VXLAN)
+        index = int(link["index"])
+        if link.get("mtu") != spec.mtu:
+            ns.link("set", index=index, mtu=spec.mtu)
+        if link.get("master") != bridge:
+            ns.link("set", index=index, master=bridge)
+        if not link["flags"] & IFF_UP:
+            ns.link("set", index=index, state="up")
+        for peer in saved:
+            _program_peer(ns, index, peer)
 
     def _create_vxlan(self, ns: Handle, spec: NetworkSpec) -> None:
         """Create the device in the host namespace, move it into ``ns``, name it VXLAN."""
@@ -484,11 +507,16 @@ class NetlinkKernel:
         path = self._path(network_id)
         if not nsfs.is_netns(path):
             return
-        with (
-            _errors(f"network {names.short(network_id)}: delete retired veths"),
-            _ipr_on(nsfs.socket_in(path)) as ns,
-        ):
-            _ignore_gone(lambda: ns.link("del", group=RETIRED_GROUP))
+        try:
+            with (
+                _errors(f"network {names.short(network_id)}: delete retired veths"),
+                _ipr_on(nsfs.socket_in(path)) as ns,
+            ):
+                _ignore_gone(lambda: ns.link("del", group=RETIRED_GROUP))
+        except KernelError:
+            if not nsfs.is_netns(path):
+                return  # DeleteNetwork came first: the devices went with the namespace
+            raise
 
     def settle(self) -> None:
         """Wait until every retired device is deleted (tests, shutdown)."""
@@ -746,7 +774,7 @@ def _default_route_oif(ipr: Handle, family: int) -> int | None:
     return None
 
 
-def _ensure_addresses(ipr: Handle, index: int, wanted: set[IPInterface]) -> None:
+def _addresses_on(ipr: Handle, index: int) -> set[IPInterface]:
     present: set[IPInterface] = set()
     for msg in ipr.addr("dump", index=index):
         if msg.get("index") != index:
@@ -755,18 +783,43 @@ def _ensure_addresses(ipr: Handle, index: int, wanted: set[IPInterface]) -> None
         if iface.version == 6 and iface.ip.is_link_local:
             continue  # the kernel's own; not ours to manage
         present.add(iface)
+    return present
+
+
+def _ensure_addresses(ipr: Handle, index: int, wanted: set[IPInterface]) -> None:
+    present = _addresses_on(ipr, index)
+    # New addresses first, old ones after: a refused address leaves the bridge as it was.
+    added: list[IPInterface] = []
+    for iface in sorted(wanted - present, key=str):
+        try:
+            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            added.append(iface)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                for done in added:
+                    with suppress(NetlinkError):
+                        ipr.addr(
+                            "del", index=index, address=str(done.ip),
+                            prefixlen=done.network.prefixlen,
+                        )
+                raise
     for iface in present - wanted:
         try:
             ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         except NetlinkError as exc:
             if exc.code not in (*_GONE, errno.EADDRNOTAVAIL):
                 raise
-    for iface in sorted(wanted - present, key=str):
-        try:
-            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
+    if present - wanted:
+        # Deleting a primary IPv4 address takes its secondaries (a new address in the
+        # same subnet is one) with it: put back what went.
+        for iface in sorted(wanted - _addresses_on(ipr, index), key=str):
+            try:
+                ipr.addr(
+                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
 
 
 def _vxlan_matches(link: Msg, spec: NetworkSpec) -> bool:
@@ -786,6 +839,24 @@ def _vxlan_matches(link: Msg, spec: NetworkSpec) -> bool:
         and not data.get_attr("IFLA_VXLAN_L2MISS")
         and not data.get_attr("IFLA_VXLAN_L3MISS")
     )
+
+
+def _vxlan_spec(link: Msg, spec: NetworkSpec) -> NetworkSpec | None:
+    """The spec an existing VXLAN device was made from, to make it again; None if unreadable."""
+    if _kind(link) != "vxlan":
+        return None
+    data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
+    try:
+        return replace(
+            spec,
+            vni=int(data.get_attr("IFLA_VXLAN_ID")),
+            vxlan_port=int(data.get_attr("IFLA_VXLAN_PORT")),
+            mtu=int(link.get("mtu") or spec.mtu),
+            local_vtep=None if local in (None, "0.0.0.0", "::") else ipaddress.ip_address(local),
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def _program_peer(ipr: Handle, vxlan: int, peer: Peer) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from plugin.settings import SettingsError
 from plugin.store.etcd_cache import Seen, SeenCache
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ def _session(tls: EtcdTLS) -> Any:
     # Only our settings count: REQUESTS_CA_BUNDLE or a proxy in the environment
     # must not silently replace ETCD_CA or route etcd traffic elsewhere.
     session.trust_env = False
+    for name, path in (("ETCD_CA", tls.ca), ("ETCD_CERT", tls.cert), ("ETCD_KEY", tls.key)):
+        # requests would only fail at the first call, with a bare OSError.
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"{name}={path[:200]!r}: the file is missing or not readable")
+    if bool(tls.cert) != bool(tls.key):
+        raise SettingsError("ETCD_CERT and ETCD_KEY: a client certificate needs both")
     if tls.ca:
         session.verify = tls.ca
     if tls.cert and tls.key:
@@ -113,12 +121,19 @@ class EtcdKV:
 
     # -- endpoint failover -------------------------------------------------
 
-    def call(self, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(client)`` on the first endpoint that answers."""
+    def call(self, fn: Callable[[Any], Any], *, idempotent: bool = True) -> Any:
+        """Run ``fn(client)`` on the first endpoint that answers.
+
+        A request that is not ``idempotent`` (a txn that writes) goes to the next
+        endpoint only when it was certainly never sent (the connection could not
+        be made). After a timeout or a dropped connection it may have been
+        applied: sending it again could apply it twice, or make ``update`` run
+        its function on its own write. The caller gets StoreUnavailable instead.
+        """
         from etcd3gw import exceptions
 
         errors: list[str] = []
-        refused = False
+        refused = tls = False
         with self._lock:
             start = self._current
         for i in range(len(self._clients)):
@@ -126,7 +141,17 @@ class EtcdKV:
             try:
                 result = fn(self._clients[idx])
             except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError) as e:
+                cause = _transport_error(e)
+                if cause == "tls":
+                    tls = True
+                    errors.append(f"{self.endpoints[idx]}: TLS handshake failed ({_brief(e)})")
+                    continue
                 errors.append(f"{self.endpoints[idx]}: {type(e).__name__}")
+                if cause != "not sent" and not idempotent:
+                    raise StoreUnavailable(
+                        "etcd did not answer a write (" + "; ".join(errors) + "); it may have "
+                        "been applied, so it was not sent again"
+                    ) from None
                 continue
             except exceptions.Etcd3Exception as e:
                 # It answered, but refused: say so, this is not an outage.
@@ -137,13 +162,18 @@ class EtcdKV:
                 with self._lock:
                     self._current = idx
             return result
-        what = "etcd refused the request" if refused else "etcd is unreachable"
+        if tls and not refused:
+            what = "the TLS handshake with etcd failed (check ETCD_CA, ETCD_CERT, ETCD_KEY)"
+        else:
+            what = "etcd refused the request" if refused else "etcd is unreachable"
         raise StoreUnavailable(f"{what} (" + "; ".join(errors) + ")")
 
     # -- KV port -----------------------------------------------------------
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(lambda c: c.post(c.get_url(path), json=payload))
+    def _post(self, path: str, payload: dict[str, Any], idempotent: bool = True) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            lambda c: c.post(c.get_url(path), json=payload), idempotent=idempotent
+        )
         return result
 
     def _range(self, key: str, range_end: str | None = None) -> dict[str, Any]:
@@ -228,7 +258,8 @@ class EtcdKV:
             success = [{"request_put": {"key": k, "value": b64(new or b"")}}]
         txn = {"compare": [compare], "success": success, "failure": [{"request_range": {"key": k}}]}
         try:
-            result = self._post("/kv/txn", txn)
+            # A txn that writes must never be sent twice: see ``call``.
+            result = self._post("/kv/txn", txn, idempotent=not write)
         except StoreUnavailable:
             # The txn may or may not have been applied: drop the copy, read next time.
             self._seen.forget(key)
@@ -246,6 +277,35 @@ class EtcdKV:
             now = Seen(bytes(new), at, at)
         self._seen.remember(key, now)
         return bool(result.get("succeeded")), now
+
+
+def _transport_error(e: BaseException) -> str:
+    """What an etcd3gw connection error was: "tls", "not sent" (no connection), or "maybe sent".
+
+    etcd3gw raises its errors inside ``except`` blocks for requests', so the
+    original is the exception's context.
+    """
+    import requests
+    import urllib3
+
+    original = e.__context__
+    if isinstance(original, requests.exceptions.SSLError):
+        return "tls"
+    if isinstance(original, requests.exceptions.ConnectTimeout):
+        return "not sent"
+    if isinstance(original, requests.exceptions.ConnectionError):
+        reason = getattr(original.args[0], "reason", None) if original.args else None
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            return "tls"
+        if isinstance(reason, (urllib3.exceptions.NewConnectionError,
+                               urllib3.exceptions.ConnectTimeoutError)):
+            return "not sent"
+    return "maybe sent"
+
+
+def _brief(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _revision(response: dict[str, Any]) -> int:

@@ -7,6 +7,8 @@ processes sharing a state directory still never lose an update.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -22,7 +24,15 @@ CREATE TABLE IF NOT EXISTS kv (
 
 class SqliteKV:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The store holds the IPsec master keys: only its owner may read it
+        # (docs/encryption.md). Older installs made 0644; tighten them too. The
+        # plugin's state directory itself is made 0700 by the app.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(existing, 0o600)
         self.path = path
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.

@@ -477,7 +477,12 @@ class DockerHost:
     ) -> str:
         """``make install`` against this dockerd, with the state and run mounts in the workdir.
         Builds build/plugin first when it is stale (needs this dockerd for `docker build`)."""
-        extra = " ".join(f"{k}={v}" for k, v in (settings or {}).items())
+        values = {
+            # Load balancing reads this dockerd's API, not the host's default one.
+            "docker-socket.source": str(self.socket),
+            **(settings or {}),
+        }
+        extra = " ".join(f"{k}={v}" for k, v in values.items())
         tag = name.rsplit(":", 1)
         self.make(
             "install",
@@ -485,6 +490,7 @@ class DockerHost:
             f"PLUGIN_TAG={tag[1]}",
             f"STATE_DIR={self.state_dir}",
             f"RUN_DIR={self.run_dir}",
+            f"DOCKER_EXEC_ROOT={self.workdir / 'exec'}",
             f"PLUGIN_SETTINGS={extra}",
         )
         plugin_id = self.plugin_id(name)

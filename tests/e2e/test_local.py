@@ -199,7 +199,13 @@ def test_push_to_registry_then_install_from_it(local_host: DockerHost, registry:
     plugin content twice ("content sha256:...: already exists"), so the local copy goes
     first, as it would on a build machine that is not also a node."""
     h = local_host
-    settings = [f"state.source={h.state_dir}", f"run.source={h.run_dir}", "SCOPE=local"]
+    settings = [
+        f"state.source={h.state_dir}",
+        f"run.source={h.run_dir}",
+        f"docker-run.source={h.workdir / 'exec'}",
+        f"docker-socket.source={h.socket}",
+        "SCOPE=local",
+    ]
     remote = f"{registry}/swarmnet-overlay:latest"
     h.docker("plugin", "disable", "-f", PLUGIN_NAME, timeout=120)
     h.docker("plugin", "rm", "-f", PLUGIN_NAME, timeout=120)

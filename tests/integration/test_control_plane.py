@@ -252,3 +252,34 @@ def test_close_writes_what_is_queued(nodes: list[Node]) -> None:
     node.plugin.ok("/NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": eid})
     node.control.close()
     assert node.control.kv.get(f"/swarmnet/v1/peers/{NET}/{eid}") is None
+
+
+def test_status_lists_which_nodes_can_carry_encrypted_networks(etcd: EtcdServer) -> None:
+    """Issue 11: each node's record says whether its kernel can do ESP; any node's
+    `swarmnet status` (Swarmnet.Status) lists them all."""
+    from driver.kernel.fake_ipsec import FakeIpsec
+
+    kv = EtcdKV([etcd.url])
+    control = EtcdControlPlane(kv, ttl=TTL, node="192.0.2.9")
+    app = create_app(
+        from_env({"PEER_TTL": str(TTL)}),
+        kernel=FakeKernel(),
+        local=MemoryKV(),
+        shared=kv,
+        control=control,
+        ipsec=FakeIpsec(),
+    )
+    able = Plugin(client=app.test_client(), kernel=FakeKernel(), store=MemoryKV())
+    unable = make_node(etcd, "192.0.2.8")  # a kernel with no IPsec (NoIpsec)
+    try:
+        wait_for(
+            lambda: len(unable.plugin.ok("/Swarmnet.Status")["Nodes"]) == 2,
+            what="both node records",
+        )
+        by_node = {n["Node"]: n for n in able.ok("/Swarmnet.Status")["Nodes"]}
+        assert by_node["192.0.2.9"]["ESP"] is True and by_node["192.0.2.9"]["ESPDetail"] == ""
+        assert by_node["192.0.2.8"]["ESP"] is False
+        assert "no IPsec" in str(by_node["192.0.2.8"]["ESPDetail"])
+    finally:
+        control.close()
+        unable.control.close()

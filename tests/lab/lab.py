@@ -872,6 +872,9 @@ class Lab:
         def install(node: Node) -> None:
             values = {"state.source": str(node.plugin_state_source),
                       "run.source": str(node.plugin_run_source),
+                      # dockerd's exec root as the node's mount namespace sees it, and its API.
+                      "docker-run.source": "/run/docker",
+                      "docker-socket.source": str(node.socket),
                       "ETCD_ENDPOINTS": self.etcd_url, **(settings or {})}
             self._remove_plugin_from(node, name)
             node.docker("plugin", "create", name, str(plugin_dir), timeout=timeout)

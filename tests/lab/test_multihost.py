@@ -738,3 +738,62 @@ def test_killed_node_leaves_within_peer_ttl_and_comes_back(lab: Lab, ours: Net,
     after = tasks_of(wait_converged(lab, ours, timeout=60), web)
     assert sorted(t.node for t in after) == [1, 1, 2, 2, 3, 3]
     assert_all_reach(lab, after, ours)
+
+
+# --------------------------------------------------------------------------- issue 11
+
+ESP_REASON = "--opt encrypted needs IPsec ESP with AES-GCM in the kernel"
+
+
+def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
+        lab: Lab, plugin: str, cleanup: list[str]) -> None:
+    """This machine's kernel has no ESP, so no node of the lab can carry an encrypted network.
+    The manager allocates it; every node refuses its endpoints with the reason, which the
+    user reads in `docker service ps --no-trunc` and from `docker run`, never a task stuck
+    in New or a timeout. Every node's record says it cannot encrypt, and any node's status
+    lists them all."""
+    from plugin.unixhttp import UnixHTTPConnection
+
+    manager = lab.node(1)
+    net_id = manager.docker("network", "create", "-d", plugin, "--attachable",
+                            "--opt", "encrypted", "enc").stdout.strip()
+    manager.docker("service", "create", "-d", "--name", "encweb", "--mode", "global",
+                   "--no-resolve-image", "--network", "enc", IMAGE, "sleep", "1d")
+    try:
+        def refused_on() -> set[str]:
+            out = manager.docker("service", "ps", "--no-trunc", "--format",
+                                 "{{.Node}}\t{{.Error}}", "encweb").stdout
+            return {line.split("\t")[0] for line in out.splitlines()
+                    if ESP_REASON in line and "esp4" in line}
+
+        wait_for(lambda: len(refused_on()) == 3, what="a task refused with the reason on "
+                 "each of the 3 nodes", timeout=180)
+        run = lab.node(2).docker("run", "-d", "--name", "encbox", "--network", "enc", IMAGE,
+                                 "sleep", "1d", check=False, timeout=120)
+        cleanup.append("encbox")
+        assert run.returncode != 0, run.stdout
+        assert ESP_REASON in run.stderr and "esp4" in run.stderr, run.stderr
+        assert "context deadline exceeded" not in run.stderr and '"Err' not in run.stderr
+
+        # Nothing of the network in any node's kernel.
+        for node in lab.nodes:
+            assert not (plugin_netns_dir(node) / f"sn-{net_id[:12]}").exists()
+
+        records = {k: json.loads(v) for k, v in etcd_get(lab, NODES).items()}
+        assert len(records) == 3, records
+        for rec in records.values():
+            assert rec["esp"] is False and "esp4" in rec["esp_detail"], rec
+        conn = UnixHTTPConnection(lab.node(3).plugin_socket(plugin), timeout=30)
+        try:
+            conn.request("POST", "/Swarmnet.Status", body=b"{}")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, body
+        nodes = json.loads(body)["Nodes"]
+        assert sorted(n["Node"] for n in nodes) == sorted(str(n.address) for n in lab.nodes)
+        assert all(n["ESP"] is False for n in nodes), nodes
+    finally:
+        remove_service(lab, "encweb")
+        remove_network(lab, Net("enc", net_id))

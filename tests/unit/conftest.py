@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,3 +96,9 @@ class RecordingControlPlane:
 
     def describe(self) -> str:
         return "recording (test)"
+
+    def announce(self, info: Mapping[str, object]) -> None:
+        self.announced = dict(info)
+
+    def nodes(self) -> dict[str, Mapping[str, object]]:
+        return {}

@@ -9,6 +9,7 @@ after a change. Delivery is explicit, so a test decides when nodes learn.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 from driver.peers import OnSnapshot, PeerRecord
 
@@ -69,3 +70,9 @@ class HubPlane:
 
     def describe(self) -> str:
         return "in-process hub (test)"
+
+    def announce(self, info: Mapping[str, object]) -> None:
+        self.announced = dict(info)
+
+    def nodes(self) -> dict[str, Mapping[str, object]]:
+        return {}

@@ -218,7 +218,9 @@ def test_plain_networks_touch_no_xfrm(hub: Hub, shared: MemoryKV) -> None:
     nodes = [make_node(hub, shared, f"192.0.2.{i}") for i in (1, 2)]
     with_endpoints(nodes, hub, PLAIN, encrypted=False)
     for node in nodes:
-        assert node.ipsec.policies == {} and node.ipsec.sas == {} and node.ipsec.probes == 0
+        # One probe at most (at start, in a throwaway namespace, for the node record
+        # that `swarmnet status` reads); nothing installed.
+        assert node.ipsec.policies == {} and node.ipsec.sas == {} and node.ipsec.probes <= 1
         assert len(node.kernel.peers(PLAIN)) == 1
     assert shared.list("/swarmnet/v1/ipsec/") == {}
 
@@ -425,24 +427,61 @@ def test_a_kernel_without_esp_refuses_encrypted_networks_and_leaves_nothing(
     hub: Hub, shared: MemoryKV
 ) -> None:
     node = make_node(hub, shared, "192.0.2.1", ipsec=FakeIpsec(supported=False))
-    status, reply = node.plugin.call(
-        "/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}}
-    )
-    assert status == 501
-    for path, body in (
-        ("/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}}),
-        ("/NetworkDriver.CreateNetwork", network_body()),
-    ):
-        status, reply = node.plugin.call(path, body)
-        assert status == 501, reply
-        for needed in ("encrypted", "rfc4106(gcm(aes))", "esp4", "CONFIG_INET_ESP", "clear"):
-            assert needed in reply["Err"]
+    # The manager allocates (swarmkit would not show a refusal to anyone); every node
+    # that cannot encrypt refuses CreateNetwork, and that message reaches the user.
+    node.ok("/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}})
+    for _ in range(2):
+        node.ok("/NetworkDriver.CreateNetwork", network_body())
+        for path, body in (
+            (
+                "/NetworkDriver.CreateEndpoint",
+                {
+                    "NetworkID": NET,
+                    "EndpointID": "a" * 64,
+                    "Interface": {"Address": "10.30.0.2/24"},
+                },
+            ),
+            ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": "a" * 64, "SandboxKey": "/x"}),
+        ):
+            status, reply = node.plugin.call(path, body)
+            assert status == 501, reply
+            for needed in ("encrypted", "rfc4106(gcm(aes))", "esp4", "CONFIG_INET_ESP", "clear"):
+                assert needed in reply["Err"]
     assert node.kernel.networks == {}
     assert node.ipsec.policies == {} and node.ipsec.sas == {}
     assert node.plugin.store.list("/swarmnet/v1/local/networks/") == {}
-    assert shared.list("/swarmnet/") == {}  # no VNI, no keys
     # A plain network is fine on the same host.
     node.ok("/NetworkDriver.CreateNetwork", network_body(PLAIN, 302, encrypted=False))
+
+
+def test_status_and_the_node_record_say_this_node_cannot_encrypt(
+    hub: Hub, shared: MemoryKV, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from werkzeug.serving import make_server
+
+    node = make_node(hub, shared, "192.0.2.1", ipsec=FakeIpsec(supported=False))
+    plane = hub.planes[-1]
+    assert plane.announced["esp"] is False and "esp4" in str(plane.announced["esp_detail"])
+    nodes = node.ok("/Swarmnet.Status")["Nodes"]
+    assert [n["Node"] for n in nodes] == ["192.0.2.1"]
+    assert nodes[0]["ESP"] is False and "esp4" in nodes[0]["ESPDetail"]
+    able = make_node(hub, shared, "192.0.2.2")
+    assert able.ok("/Swarmnet.Status")["Nodes"] == [
+        {"Node": "192.0.2.2", "ESP": True, "ESPDetail": ""}
+    ]
+
+    sock = tmp_path / "p.sock"
+    server = make_server(f"unix://{sock}", 0, node.plugin.client.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert cli.main(["status", "--socket", str(sock)]) == 0
+    finally:
+        server.shutdown()
+        thread.join(5)
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("192.0.2.1 "))
+    assert "no: this kernel cannot do IPsec ESP" in line and "esp4" in line, out
 
 
 def test_join_fails_closed_when_the_kernel_lost_esp(hub: Hub, shared: MemoryKV) -> None:

@@ -12,7 +12,7 @@ SERIAL = {"com.docker.network.ipam.serial": "true"}
 
 def test_capabilities_and_address_spaces(plugin: Plugin) -> None:
     caps = plugin.ok("/IpamDriver.GetCapabilities")
-    assert caps == {"RequiresMACAddress": False, "RequiresRequestReplay": True}
+    assert caps == {"RequiresMACAddress": True, "RequiresRequestReplay": True}
     spaces = plugin.ok("/IpamDriver.GetDefaultAddressSpaces")
     assert spaces["LocalDefaultAddressSpace"] != spaces["GlobalDefaultAddressSpace"]
 
@@ -139,7 +139,10 @@ def test_bad_input_gets_400_with_error_naming_the_field(
 ) -> None:
     status, reply = plugin.call(path, raw=raw)
     assert status == 400, reply
-    assert set(reply) == {"Error"} and field in reply["Error"]
+    # "Error" for the IPAM protocol, "Err" for Docker's plugin client, which reads only
+    # that on a non-200 reply and would otherwise show the user the raw JSON.
+    assert set(reply) == {"Error", "Err"} and reply["Err"] == reply["Error"]
+    assert field in reply["Error"]
 
 
 def test_subpool_outside_pool_and_address_outside_pool_allocate_nothing(plugin: Plugin) -> None:

@@ -144,14 +144,36 @@ def test_local_scope_create_network_allocates_its_own_vni_and_delete_releases_it
 
 
 def test_encrypted_network_fails_closed(plugin: Plugin) -> None:
-    status, reply = plugin.call(
-        "/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}}
-    )
-    assert status == 501 and "encrypted" in reply["Err"]
+    """Swarm, a kernel without ESP: the manager allocates and the node records the network as
+    refused, with nothing in the kernel; every endpoint on it is refused with the reason
+    (a refused AllocateNetwork or CreateNetwork would reach no user in swarm)."""
+    plugin.ok("/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}})
+    plugin.ok("/NetworkDriver.CreateNetwork", create_body(encrypted="true"))
+    for path, body in (
+        ("/NetworkDriver.CreateEndpoint", endpoint_body()),
+        ("/NetworkDriver.Join", join_body()),
+    ):
+        status, reply = plugin.call(path, body)
+        assert status == 501 and "--opt encrypted needs IPsec ESP" in reply["Err"], reply
+        assert "clear" in reply["Err"]
+    assert plugin.kernel.networks == {}
+    assert plugin.store.list("/swarmnet/v1/local/networks/") == {}
+    assert plugin.store.list("/swarmnet/v1/local/endpoints/") == {}
+    plugin.ok("/NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    plugin.ok("/NetworkDriver.FreeNetwork", {"NetworkID": NET})
+    assert plugin.store.list("/swarmnet/v1/local/refused/") == {}
+    # Removed, the network is unknown here again (no refusal left behind).
+    status, reply = plugin.call("/NetworkDriver.CreateEndpoint", endpoint_body())
+    assert (status, reply) == (400, {"Err": "NetworkID: unknown network q1w2e3r4t5y6"})
+
+
+def test_encrypted_network_is_refused_by_create_network_standalone() -> None:
+    # No swarm: `docker network create` waits for CreateNetwork, so its 501 reaches the user.
+    plugin = make_plugin({"SCOPE": "local"})
     status, reply = plugin.call("/NetworkDriver.CreateNetwork", create_body(encrypted="true"))
     assert status == 501 and "clear" in reply["Err"]
     assert plugin.kernel.networks == {}
-    assert plugin.store.list("/swarmnet/v1/local/networks/") == {}
+    assert plugin.store.list("/swarmnet/v1/local/") == {}
 
 
 def test_endpoint_lifecycle(plugin: Plugin) -> None:
@@ -406,6 +428,7 @@ def test_status_reports_networks_endpoints_and_peers_without_secrets() -> None:
             "Endpoints": 2,
             "Joined": 1,
             "RemotePeers": 1,
+            "Broken": "",
         }
     ]
 

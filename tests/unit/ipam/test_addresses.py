@@ -112,7 +112,10 @@ def test_network_and_broadcast_are_never_handed_out() -> None:
     assert got == [f"10.1.2.{i}/29" for i in range(1, 7)]
     with pytest.raises(Exhausted) as e:
         address(svc, pid)
-    assert str(e.value) == "PoolID: no free address left in pool 10.1.2.0/29"
+    assert str(e.value) == (
+        "no free address left in pool 10.1.2.0/29: remove a container from the network, "
+        "or create the network with a larger --subnet"
+    )
     assert e.value.http_status == 507
 
 
@@ -161,7 +164,9 @@ def test_sub_pool_gives_dynamic_addresses_from_its_range_only() -> None:
     ]
     with pytest.raises(Exhausted) as e:
         address(svc, pid)
-    assert str(e.value) == "PoolID: no free address left in range 10.1.2.248/30 of pool 10.1.2.0/24"
+    assert str(e.value).startswith(
+        "no free address left in the range 10.1.2.248/30 (--ip-range) of pool 10.1.2.0/24: "
+    )
     # An explicit address outside the range but inside the pool is fine (gateways, aux addresses).
     assert address(svc, pid, "10.1.2.1") == "10.1.2.1/24"
 
@@ -201,7 +206,10 @@ def test_an_endpoint_asking_for_the_gateway_address_is_a_409() -> None:
     before = kv.snapshot()
     with pytest.raises(AddressInUse) as e:
         address(svc, pid, "10.1.2.1")
-    assert str(e.value) == "Address 10.1.2.1 is the gateway of pool 10.1.2.0/24"
+    assert str(e.value) == (
+        "Address 10.1.2.1 is already in use: it is the gateway of pool 10.1.2.0/24; "
+        "choose another --ip"
+    )
     assert e.value.http_status == 409
     assert kv.snapshot() == before
 

@@ -13,7 +13,7 @@ from tests.unit.ipam.helpers import GLOBAL, LOCAL, address, net, pool, service
 def test_default_address_spaces_and_capabilities() -> None:
     svc = service()
     assert svc.default_address_spaces() == (LOCAL, GLOBAL)
-    assert svc.capabilities() == (False, True)
+    assert svc.capabilities() == (True, True)
 
 
 def test_networks_without_subnet_get_consecutive_subnets_in_order() -> None:
@@ -103,8 +103,9 @@ def test_overlap_with_a_different_pool_names_the_other_pool() -> None:
     before = kv.snapshot()
     with pytest.raises(PoolOverlap) as e:
         pool(svc, "10.50.3.0/24")
-    assert (
-        str(e.value) == "Pool 10.50.3.0/24 overlaps pool 10.50.0.0/16, which is already allocated"
+    assert str(e.value) == (
+        "Pool 10.50.3.0/24 overlaps with pool 10.50.0.0/16 of another network in this address "
+        "space; give the network a --subnet that overlaps no other network's"
     )
     assert e.value.http_status == 400
     assert kv.snapshot() == before

@@ -118,7 +118,7 @@ def test_dockerd_restart_replay_of_a_local_network_changes_nothing() -> None:
     before = store.snapshot()
 
     restarted = service("10.10.0.0/22", local=store, shared=CasKV())
-    assert restarted.capabilities() == (False, True)
+    assert restarted.capabilities() == (True, True)
     # libnetwork's reservePools: the pool with PreferredPool set to what it got,
     # the gateway, then each endpoint's address.
     subnet = pid.split("/", 1)[1]

@@ -1,0 +1,80 @@
+"""Service VIP load balancing end to end: a real dockerd in swarm mode, the managed plugin,
+inside kernel-lab (IPVS). ``make test-kernellab-swarm`` builds the bundle on the host
+(``python -m tests.vmswarm.build``), then runs this package in ONE kernel-lab boot: the
+``lab`` fixture brings dockerd, swarm and the plugin up once for the whole session.
+
+Outside kernel-lab the tests fail with the command to use, never skip: a green run must
+mean load balancing was exercised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.dockerhost import HostError
+from tests.vmswarm import vmlab
+
+HOW = "make test-kernellab-swarm (builds build/plugin.tar, then one kernel-lab boot)"
+_TIMINGS = pytest.StashKey[dict[str, float]]()
+
+
+def in_kernel_lab() -> bool:
+    return socket.gethostname() == "kernel-lab"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernellab") is None:
+        return
+    if not in_kernel_lab():
+        pytest.fail(f"this test needs IPVS and must run inside kernel-lab: {HOW}", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("kernel-lab tests run as root", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest) -> Iterator[vmlab.Lab]:
+    timings: dict[str, float] = {}
+    request.config.stash[_TIMINGS] = timings
+    made: vmlab.Lab | None = None
+    try:
+        try:
+            made = vmlab.up(timings)
+        except HostError as e:
+            pytest.fail(f"bringing up dockerd + swarm + plugin failed: {e}", pytrace=False)
+        yield made
+    finally:
+        vmlab.save_log(made)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each result as it happens, in build/vmswarm/progress.log on the host (the working
+    directory is shared): a boot killed by its --timeout still leaves what it found."""
+    if report.when != "call" and report.outcome == "passed":
+        return
+    vmlab.LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(vmlab.LOG_DIR / "progress.log", "a") as f:
+        f.write(f"{report.nodeid} {report.when} {report.outcome} {report.duration:.1f}s\n")
+        if report.failed:
+            f.write(f"{report.longreprtext}\n\n")
+    if report.failed:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(vmlab.WORKDIR / "dockerd.log", vmlab.LOG_DIR / "dockerd.log")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    with contextlib.suppress(OSError):
+        (vmlab.LOG_DIR / "progress.log").unlink()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    timings = terminalreporter.config.stash.get(_TIMINGS, None)
+    if timings:
+        terminalreporter.write_sep("-", "vmswarm timings (s)")
+        for what, secs in timings.items():
+            terminalreporter.write_line(f"{what:<40} {secs:6.1f}")
