@@ -8,7 +8,8 @@
 #   make test       every test suite (after `make deps`); test-unit, test-integration,
 #                   test-fault, test-kernel, test-kernellab, test-kernellab-swarm, test-e2e,
 #                   test-lab one at a time
-#   make bench      the benchmark of docs/benchmarks.md (multi-host lab, both drivers)
+#   make bench      the benchmarks of docs/benchmarks.md: bench-overlay (multi-host lab, both
+#                   drivers), then bench-lb (service VIP load balancing, under kernel-lab)
 #
 # The docker client is $(DOCKER) (the 20.10 client that matches the daemon); it
 # honours DOCKER_HOST, so `DOCKER_HOST=unix:///path/docker.sock make install`
@@ -46,7 +47,7 @@ export DOCKER PYTHON BASE_CACHE
 .PHONY: all deps venv demo wheels base-image plugin install uninstall push host-prep \
         test test-unit test-integration test-fault test-kernel test-kernellab \
         test-kernellab-swarm test-e2e test-lab \
-        lab-up lab-down bench lint clean distclean
+        lab-up lab-down bench bench-overlay bench-lb lint clean distclean
 
 all: plugin
 
@@ -158,7 +159,7 @@ test-kernellab-swarm: venv
 		echo "FAIL: kernel-lab could not be set up ($(KERNEL_LAB)/setup):" >&2; \
 		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
 	$(PYTHON) -m tests.vmswarm.build
-	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 720 -- \
+	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 900 -- \
 		$(abspath $(PYTHON)) -m pytest -q -m kernellab tests/vmswarm $(PYTEST_ARGS)
 
 # Starts its own dockerds (each in its own network namespace), builds the bundle
@@ -176,8 +177,24 @@ test: deps lint test-unit test-integration test-fault test-kernel test-kernellab
 # Issue 6: swarmnet-overlay vs Docker's overlay on its own 3-node lab (docs/benchmarks.md).
 # QUICK=1 for fewer runs (about 4.5 min); BENCH_ARGS for any `python -m bench.run` flag.
 BENCH_ARGS ?=
-bench: venv
+bench: bench-overlay bench-lb
+
+bench-overlay: venv
 	$(PYTHON) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Issue 10: service VIP load balancing (IPVS, so under kernel-lab, set up as for
+# test-kernellab): VIP vs direct connects, record-to-sandbox delay, 50 services x 10
+# sandboxes. About 8 min under TCG here, QUICK=1 about 3; LB_BENCH_ARGS for any
+# `python -m bench.lb_bench` flag. Table on stdout, build/bench/lb.json.
+LB_BENCH_ARGS ?=
+bench-lb: venv
+	@if [ ! -x $(KERNEL_LAB)/run ]; then \
+		echo "FAIL: kernel-lab not found at $(KERNEL_LAB); the load-balancing bench cannot run" >&2; exit 1; fi
+	@$(KERNEL_LAB)/setup >/tmp/swarmnet-kernel-lab-setup.log 2>&1 || { \
+		echo "FAIL: kernel-lab could not be set up ($(KERNEL_LAB)/setup):" >&2; \
+		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
+	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
+		$(abspath $(PYTHON)) -m bench.lb_bench $(if $(QUICK),--quick) $(LB_BENCH_ARGS)
 
 # --- the multi-host lab by hand ---
 

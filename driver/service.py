@@ -316,8 +316,8 @@ class NetworkDriverService:
         and `docker run --network` waits for an attachment that never comes, then says
         "context deadline exceeded". So the network is recorded here as refused, with no
         kernel state at all (nothing can carry its traffic, in clear or otherwise), and
-        every CreateEndpoint and Join on it fails with the reason: that error is what
-        `docker service ps --no-trunc` and `docker run` print. Returns True when refused.
+        every Join on it fails with the reason: that error is what `docker service ps
+        --no-trunc` and `docker run` print. Returns True when refused.
         """
         try:
             self.encryption.require_support(network_id)
@@ -330,10 +330,14 @@ class NetworkDriverService:
         self.local.delete(refused_key(network_id))  # the kernel has ESP now (after a reboot)
         return False
 
-    def _refuse_if_refused(self, network_id: str) -> None:
+    def _refusal(self, network_id: str) -> str | None:
         reason = self.local.get(refused_key(network_id))
+        return None if reason is None else reason.decode(errors="replace")
+
+    def _refuse_if_refused(self, network_id: str) -> None:
+        reason = self._refusal(network_id)
         if reason is not None:
-            raise Unsupported(reason.decode(errors="replace"))
+            raise Unsupported(reason)
 
     def _restore(self, net: NetworkRecord) -> None:
         """Undo step: put the kernel back to the stored record; the original error wins."""
@@ -445,7 +449,11 @@ class NetworkDriverService:
     def create_endpoint(self, req: CreateEndpoint) -> str | None:
         """Record the endpoint. Returns the MAC to report to Docker, or None if Docker chose one."""
         with self._locked(req.network_id):
-            self._refuse_if_refused(req.network_id)
+            if self._refusal(req.network_id) is not None:
+                # Refused at Join, not here: dockerd 20.10 detaches a container from a swarm
+                # network only if it got a sandbox, so a CreateEndpoint error would leave
+                # its attachment task behind and keep `docker network rm` failing.
+                return None
             self._require_network(req.network_id)
             if req.address is None and req.address_v6 is None and req.mac is None:
                 raise InvalidArgument(
@@ -567,6 +575,8 @@ class NetworkDriverService:
 
     def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
         with self._locked(network_id):
+            if self._refusal(network_id) is not None:
+                return  # nothing was made for it (CreateEndpoint on a refused network)
             ep = self._endpoint(network_id, endpoint_id)
             if ep is None or ep.joined:
                 # No Leave came (or this is a retry whose record is gone): undo what Join
@@ -613,6 +623,8 @@ class NetworkDriverService:
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         with self._locked(network_id):
+            if self._refusal(network_id) is not None:
+                return
             ep = self._endpoint(network_id, endpoint_id)
             self.control.withdraw(network_id, endpoint_id)
             # The veth is deleted in the background: the kernel takes 15-20 ms for it.

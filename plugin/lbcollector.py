@@ -148,6 +148,13 @@ class Collector:
     def _events(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            with self._lock:
+                leading = self._role == "leader"
+            if not leading:
+                # Only the leader collects; a worker sees no service events anyway. Not
+                # waiting on dockerd here also keeps the SDK out of workers' memory.
+                self._stop.wait(1.0)
+                continue
             try:
                 changed = self.view.wait_for_change(EVENT_WAIT)
                 backoff = 0.5

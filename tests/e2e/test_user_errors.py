@@ -203,3 +203,12 @@ def test_encrypted_network_on_a_kernel_without_esp_tells_the_user_why(swarm: Doc
     assert "esp4" in nodes[0]["ESPDetail"]
     info = json.loads(h.docker("network", "inspect", "enc1").stdout)[0]
     assert "encrypted" in info["Options"]
+
+    # The refused container leaves no attachment behind: the network can be removed.
+    h.docker("rm", "-f", "encbox")
+    h.docker("service", "rm", "encsvc")
+    wait_for(
+        "docker network rm enc1",
+        lambda: h.docker("network", "rm", "enc1", check=False).returncode == 0,
+        60,
+    )

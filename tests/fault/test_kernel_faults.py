@@ -110,6 +110,13 @@ def add_blocker(host: NetlinkHost, vni: int) -> None:
     raise AssertionError(f"VNI {vni} never became free")
 
 
+def wait_vni_free(host: NetlinkHost, vni: int) -> None:
+    """Until the namespaces unmounted above are torn down (in the background, slowly on a
+    busy machine), their devices hold their VNIs: a restart then would find them taken."""
+    add_blocker(host, vni)
+    remove_blocker(host)
+
+
 def remove_blocker(host: NetlinkHost) -> None:
     with ipr_in(host.ns) as ipr:
         ipr.link("del", index=link(ipr, "blocker")["index"])
@@ -126,14 +133,15 @@ def test_one_network_that_cannot_be_rebuilt_leaves_the_others_up(
     app = start(host, store)
     create(app, NET_A, "10.71.0.0/24")
     create(app, NET_B, "10.72.0.0/24")
-    raw = store.get(network_key(NET_A))
-    assert raw is not None
+    raw, raw_b = store.get(network_key(NET_A)), store.get(network_key(NET_B))
+    assert raw is not None and raw_b is not None
     vni_a = NetworkRecord.from_json(raw).vni
     service(app).close()
 
     # A reboot: the namespace files are gone; someone else took network A's VNI and port.
     for entry in host.netns_dir.iterdir():
         nsfs.remove(entry)
+    wait_vni_free(host, NetworkRecord.from_json(raw_b).vni)
     add_blocker(host, vni_a)
 
     app = start(host, store)  # must not raise

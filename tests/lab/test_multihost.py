@@ -746,7 +746,7 @@ ESP_REASON = "--opt encrypted needs IPsec ESP with AES-GCM in the kernel"
 
 
 def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
-        lab: Lab, plugin: str, cleanup: list[str]) -> None:
+        lab: Lab, plugin: str) -> None:
     """This machine's kernel has no ESP, so no node of the lab can carry an encrypted network.
     The manager allocates it; every node refuses its endpoints with the reason, which the
     user reads in `docker service ps --no-trunc` and from `docker run`, never a task stuck
@@ -770,7 +770,6 @@ def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
                  "each of the 3 nodes", timeout=180)
         run = lab.node(2).docker("run", "-d", "--name", "encbox", "--network", "enc", IMAGE,
                                  "sleep", "1d", check=False, timeout=120)
-        cleanup.append("encbox")
         assert run.returncode != 0, run.stdout
         assert ESP_REASON in run.stderr and "esp4" in run.stderr, run.stderr
         assert "context deadline exceeded" not in run.stderr and '"Err' not in run.stderr
@@ -795,5 +794,20 @@ def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
         assert sorted(n["Node"] for n in nodes) == sorted(str(n.address) for n in lab.nodes)
         assert all(n["ESP"] is False for n in nodes), nodes
     finally:
+        # The refused container stays (Created) and holds its attachment until removed.
+        remove_containers(lab, "encbox")
         remove_service(lab, "encweb")
-        remove_network(lab, Net("enc", net_id))
+        last: list[str] = []
+
+        def removed() -> bool:
+            out = manager.docker("network", "rm", "enc", check=False)
+            last[:] = [out.stderr]
+            return out.returncode == 0
+
+        try:
+            wait_for(removed, what="docker network rm enc", timeout=60)
+        except AssertionError as e:
+            task = last[0].rsplit(" ", 1)[-1].strip()
+            info = manager.docker("inspect", "--format", "{{.ServiceID}} {{.NodeID}} "
+                                  "{{json .Spec}} {{json .Status}}", task, check=False)
+            raise AssertionError(f"{e}: {last} {info.stdout} {info.stderr}") from None

@@ -428,25 +428,18 @@ def test_a_kernel_without_esp_refuses_encrypted_networks_and_leaves_nothing(
 ) -> None:
     node = make_node(hub, shared, "192.0.2.1", ipsec=FakeIpsec(supported=False))
     # The manager allocates (swarmkit would not show a refusal to anyone); every node
-    # that cannot encrypt refuses CreateNetwork, and that message reaches the user.
+    # that cannot encrypt refuses Join on it, and that message reaches the user.
     node.ok("/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}})
     for _ in range(2):
         node.ok("/NetworkDriver.CreateNetwork", network_body())
-        for path, body in (
-            (
-                "/NetworkDriver.CreateEndpoint",
-                {
-                    "NetworkID": NET,
-                    "EndpointID": "a" * 64,
-                    "Interface": {"Address": "10.30.0.2/24"},
-                },
-            ),
-            ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": "a" * 64, "SandboxKey": "/x"}),
-        ):
-            status, reply = node.plugin.call(path, body)
-            assert status == 501, reply
-            for needed in ("encrypted", "rfc4106(gcm(aes))", "esp4", "CONFIG_INET_ESP", "clear"):
-                assert needed in reply["Err"]
+        ep = {"NetworkID": NET, "EndpointID": "a" * 64, "Interface": {"Address": "10.30.0.2/24"}}
+        node.ok("/NetworkDriver.CreateEndpoint", ep)  # nothing made; Join refuses
+        status, reply = node.plugin.call(
+            "/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": "a" * 64, "SandboxKey": "/x"}
+        )
+        assert status == 501, reply
+        for needed in ("encrypted", "rfc4106(gcm(aes))", "esp4", "CONFIG_INET_ESP", "clear"):
+            assert needed in reply["Err"]
     assert node.kernel.networks == {}
     assert node.ipsec.policies == {} and node.ipsec.sas == {}
     assert node.plugin.store.list("/swarmnet/v1/local/networks/") == {}

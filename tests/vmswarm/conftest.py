@@ -52,6 +52,15 @@ def lab(request: pytest.FixtureRequest) -> Iterator[vmlab.Lab]:
         vmlab.save_log(made)
 
 
+@pytest.fixture(scope="session")
+def workloads(lab: vmlab.Lab) -> vmlab.Workloads:
+    """Every network, service and client of the session, started together (see vmlab)."""
+    try:
+        return vmlab.start_workloads(lab)
+    except HostError as e:
+        pytest.fail(f"starting the services failed: {e}", pytrace=False)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Each result as it happens, in build/vmswarm/progress.log on the host (the working
     directory is shared): a boot killed by its --timeout still leaves what it found."""

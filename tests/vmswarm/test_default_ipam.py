@@ -3,61 +3,37 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.vmswarm import vmlab
 from tests.vmswarm.checks import settle
-from tests.vmswarm.vmlab import Lab, Task
+from tests.vmswarm.vmlab import Lab, Workloads
 
 pytestmark = pytest.mark.kernellab
 
-SERVICE = "webd"
-NETWORK = "sndflt"
-CLIENT = "dfltclient"
-REPLICAS = 3
 FETCHES = 30
 CONVERGE = 60
 
 
-@dataclass
-class Web:
-    network_id: str
-    tasks: list[Task]
-    vip: ipaddress.IPv4Address
-
-
-@pytest.fixture(scope="module")
-def webd(lab: Lab) -> Iterator[Web]:
-    with lab.timed("webd: network create (default IPAM)"):
-        net_id = vmlab.create_network(lab, NETWORK)
-    with lab.timed("webd: 3-replica service running"):
-        tasks = vmlab.create_http_service(lab, SERVICE, NETWORK, REPLICAS)
-    with lab.timed("webd: client container running"):
-        vmlab.run_client(lab, CLIENT, NETWORK)
-    yield Web(net_id, tasks, vmlab.service_vip(lab, SERVICE, net_id))
-    lab.docker("service", "rm", SERVICE, check=False)
-
-
-def test_default_ipam_vip_in_dns(lab: Lab, webd: Web) -> None:
-    ipam = lab.docker("network", "inspect", "-f", "{{.IPAM.Driver}}", NETWORK).strip()
+def test_default_ipam_vip_in_dns(lab: Lab, workloads: Workloads) -> None:
+    webd = workloads.webd
+    ipam = lab.docker("network", "inspect", "-f", "{{.IPAM.Driver}}", webd.network).strip()
     assert ipam == "default"
-    assert vmlab.resolve(lab, CLIENT, SERVICE) == {webd.vip}
-    assert vmlab.resolve(lab, CLIENT, f"tasks.{SERVICE}") == {t.ip for t in webd.tasks}
+    assert vmlab.resolve(lab, webd.client, webd.name) == {webd.vip}
+    assert vmlab.resolve(lab, webd.client, f"tasks.{webd.name}") == {t.ip for t in webd.tasks}
     for task in webd.tasks:
-        assert vmlab.fetch_many(lab, CLIENT, f"http://{task.ip}/", 1) == [task.hostname]
+        assert vmlab.fetch_many(lab, webd.client, f"http://{task.ip}/", 1) == [task.hostname]
 
 
-def test_default_ipam_vip_reaches_every_task(lab: Lab, webd: Web) -> None:
+def test_default_ipam_vip_reaches_every_task(lab: Lab, workloads: Workloads) -> None:
+    webd = workloads.webd
     names = {t.hostname for t in webd.tasks}
-    url = f"http://{SERVICE}/"
+    url = f"http://{webd.name}/"
     with lab.timed(f"webd: VIP balancing converged ({FETCHES} fetches)"):
         bodies = settle(
-            lambda: vmlab.fetch_many(lab, CLIENT, url, FETCHES),
+            lambda: vmlab.fetch_many(lab, webd.client, url, FETCHES),
             lambda b: set(b) == names,
             CONVERGE,
         )

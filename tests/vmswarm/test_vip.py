@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,35 +16,21 @@ import pytest
 from tests.e2e.dockerhost import UNDERLAY_ADDR
 from tests.vmswarm import vmlab
 from tests.vmswarm.checks import settle
-from tests.vmswarm.vmlab import Lab, Task
+from tests.vmswarm.vmlab import Lab, Service, Task, Workloads
 
 pytestmark = pytest.mark.kernellab
 
 SERVICE = "web"
-NETWORK = "snweb"
-CLIENT = "webclient"
-REPLICAS = 3
+NETWORK = vmlab.OWN_NET
+CLIENT = vmlab.OWN_CLIENT
 FETCHES = 30
 CONVERGE = 60  # seconds for load balancing to follow a change of the service
-
-
-@dataclass
-class Web:
-    network_id: str
-    tasks: list[Task]
-    vip: ipaddress.IPv4Address
-    client: str
+INGRESS_WAIT = 30
 
 
 @pytest.fixture(scope="module")
-def web(lab: Lab) -> Iterator[Web]:
-    with lab.timed("web: network create (our IPAM)"):
-        net_id = vmlab.create_network(lab, NETWORK, "--ipam-driver", vmlab.PLUGIN_NAME)
-    with lab.timed("web: 3-replica service running"):
-        tasks = vmlab.create_http_service(lab, SERVICE, NETWORK, REPLICAS, "--publish", "8080:80")
-    with lab.timed("web: client container running"):
-        client = vmlab.run_client(lab, CLIENT, NETWORK)
-    yield Web(net_id, tasks, vmlab.service_vip(lab, SERVICE, net_id), client)
+def web(workloads: Workloads) -> Service:
+    return workloads.web
 
 
 def hostnames(tasks: list[Task]) -> set[str]:
@@ -57,7 +41,7 @@ def hostnames(tasks: list[Task]) -> set[str]:
 # These hold without our load balancing: Docker gives the VIP, DNS and the ingress mesh.
 
 
-def test_vip_in_service_inspect_and_dns(lab: Lab, web: Web) -> None:
+def test_vip_in_service_inspect_and_dns(lab: Lab, web: Service) -> None:
     subnet = ipaddress.IPv4Network(
         lab.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", NETWORK).strip()
     )
@@ -67,7 +51,7 @@ def test_vip_in_service_inspect_and_dns(lab: Lab, web: Web) -> None:
     assert vmlab.resolve(lab, CLIENT, f"tasks.{SERVICE}") == {t.ip for t in web.tasks}
 
 
-def test_client_sandbox_is_an_nsfs_mount_inside_the_plugin(lab: Lab, web: Web) -> None:
+def test_client_sandbox_is_an_nsfs_mount_inside_the_plugin(lab: Lab, web: Service) -> None:
     """The plugin finds a sandbox made after it started through its docker-run mount
     (rslave): only so when the exec root is a shared mount on the host."""
     key = lab.sandbox(CLIENT)
@@ -83,27 +67,59 @@ def test_client_sandbox_is_an_nsfs_mount_inside_the_plugin(lab: Lab, web: Web) -
     assert found[-1].split(" - ")[1].startswith("nsfs "), found
 
 
-def test_tasks_answer_on_their_own_addresses(lab: Lab, web: Web) -> None:
+def test_tasks_answer_on_their_own_addresses(lab: Lab, web: Service) -> None:
     for task in web.tasks:
         assert vmlab.fetch_many(lab, CLIENT, f"http://{task.ip}/", 1) == [task.hostname]
 
 
-def test_published_port_answers_through_ingress(lab: Lab, web: Web) -> None:
-    """Docker's routing mesh on the node's address, beside our network."""
+def test_published_port_answers_through_ingress(lab: Lab, web: Service) -> None:
+    """Docker's routing mesh on the node's address, beside our network. Where the mesh does
+    not answer even for a service that is only on Docker's ingress (the control), this
+    lab cannot tell anything about ours: xfail with the diagnostics."""
     with lab.timed("web: 6 fetches of the published port"):
         answers = settle(
             lambda: vmlab.node_wget(lab, f"http://{UNDERLAY_ADDR}:8080/", 6),
             lambda a: all(a),
-            CONVERGE,
+            INGRESS_WAIT,
         )
-    assert all(answers), f"published port 8080 did not answer every time: {answers}"
+    if not all(answers):
+        control, report = ingress_report(lab)
+        message = f"published port 8080 answered {answers}\n{report}"
+        if not any(control):
+            pytest.xfail(f"Docker's routing mesh does not answer in this lab at all: {message}")
+        pytest.fail(message)
     assert set(answers) <= hostnames(web.tasks), f"answers from unknown tasks: {answers}"
+
+
+def ingress_report(lab: Lab) -> tuple[list[str], str]:
+    """Why the routing mesh may not answer: the same from a container, Docker's rules and
+    ingress IPVS, and a control service published without our network. Returns the
+    control's answers and the report."""
+    out = ["--- from the client container:"]
+    out.append(lab.exec(CLIENT, f"timeout 5 wget -q -O - http://{UNDERLAY_ADDR}:8080/ 2>&1",
+                        check=False))  # fmt: skip
+    nat = lab.host.in_netns("iptables", "-t", "nat", "-S", check=False)
+    out += ["--- iptables -t nat -S (dockerd's netns):", nat.stdout + nat.stderr]
+    sbox = vmlab.WORKDIR / "exec" / "netns" / "ingress_sbox"
+    for argv in (["ipvsadm", "-Ln"], ["iptables", "-t", "nat", "-S"],
+                 ["iptables", "-t", "mangle", "-S"]):  # fmt: skip
+        proc = vmlab.run(["nsenter", f"--net={sbox}", *argv], check=False)
+        out += [f"--- {' '.join(argv)} in ingress_sbox:", proc.stdout + proc.stderr]
+    control: list[str] = []
+    try:
+        vmlab.start_http_service(lab, "webi", None, 1, "--publish", "8081:80")
+        vmlab.wait_tasks(lab, "webi", "ingress", 1, timeout=180)
+        control = vmlab.node_wget(lab, f"http://{UNDERLAY_ADDR}:8081/", 3)
+        out.append(f"--- control service on ingress only, port 8081: {control}")
+    except vmlab.HostError as e:
+        out.append(f"--- control service failed: {e}")
+    return control, "\n".join(out)
 
 
 # --------------------------------------------------------------------------- load balancing
 
 
-def test_vip_reaches_every_task(lab: Lab, web: Web) -> None:
+def test_vip_reaches_every_task(lab: Lab, web: Service) -> None:
     url = f"http://{SERVICE}/"
     with lab.timed(f"web: VIP balancing converged ({FETCHES} fetches)"):
         bodies = settle(
@@ -118,18 +134,18 @@ def test_vip_reaches_every_task(lab: Lab, web: Web) -> None:
     )
 
 
-def test_client_namespace_holds_one_ipvs_service_per_vip(lab: Lab, web: Web) -> None:
+def test_client_namespace_holds_one_ipvs_service_per_vip(lab: Lab, web: Service) -> None:
     services = vmlab.our_ipvs_services(lab, CLIENT)
     assert list(services.values()) == [{str(t.ip) for t in web.tasks}], services
     assert vmlab.our_nft_tables(lab, CLIENT), "no nft table of ours in the client's namespace"
 
 
-def test_vip_answers_ping(lab: Lab, web: Web) -> None:
+def test_vip_answers_ping(lab: Lab, web: Service) -> None:
     out = lab.exec(CLIENT, f"ping -c 2 -W 2 {web.vip}", check=False)
     assert " 0% packet loss" in out, f"ping {web.vip} from {CLIENT}:\n{out}"
 
 
-def test_status_shows_vip_and_backends(lab: Lab, web: Web) -> None:
+def test_status_shows_vip_and_backends(lab: Lab, web: Service) -> None:
     status = lab.status()
     assert "LoadBalancing" in status, f"no LoadBalancing section: {sorted(status)}"
     services = vmlab.lb_services(status)
@@ -140,7 +156,7 @@ def test_status_shows_vip_and_backends(lab: Lab, web: Web) -> None:
     assert {b["IP"] for b in entry["Backends"]} == {str(t.ip) for t in web.tasks}
 
 
-def test_scale_to_one_reaches_only_that_task(lab: Lab, web: Web) -> None:
+def test_scale_to_one_reaches_only_that_task(lab: Lab, web: Service) -> None:
     with lab.timed("web: scale 3 -> 1 converged (tasks)"):
         lab.docker("service", "scale", "--detach", f"{SERVICE}=1")
         left = vmlab.wait_tasks(lab, SERVICE, NETWORK, 1, timeout=180)
@@ -159,7 +175,7 @@ def test_scale_to_one_reaches_only_that_task(lab: Lab, web: Web) -> None:
     assert list(services.values()) == [{str(left[0].ip)}], services
 
 
-def test_service_rm_leaves_nothing_of_ours_in_the_client(lab: Lab, web: Web) -> None:
+def test_service_rm_leaves_nothing_of_ours_in_the_client(lab: Lab, web: Service) -> None:
     # Precondition: there was something to remove (so this cannot pass by doing nothing).
     before = vmlab.our_ipvs_services(lab, CLIENT)
     assert before, "no IPVS service of ours in the client before service rm"

@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def up(timings: dict[str, float], workdir: Path = WORKDIR) -> Lab:
     """dockerd + swarm + busybox + the enabled plugin; ``timings`` gets each step's seconds."""
     if os.geteuid() != 0:
         raise HostError("the vmswarm lab runs as root inside kernel-lab")
-    for mod in ("ip_vs", "ip_vs_rr", "nf_tables"):
+    # xt_ipvs: Docker's ingress sandbox SNATs with `-m ipvs`.
+    for mod in ("ip_vs", "ip_vs_rr", "nf_tables", "xt_ipvs"):
         run(["modprobe", mod], timeout=60)
     workdir.mkdir(parents=True, exist_ok=True)
     if run(["mountpoint", "-q", str(workdir)], check=False, timeout=10).returncode != 0:
@@ -202,16 +204,14 @@ def create_network(lab: Lab, name: str, *opts: str) -> str:
     ).strip()
 
 
-def create_http_service(
-    lab: Lab, name: str, network: str, replicas: int, *opts: str, timeout: float = 300
-) -> list[Task]:
-    """A busybox httpd service; returns its tasks once ``replicas`` of them run."""
+def start_http_service(lab: Lab, name: str, network: str | None, replicas: int, *opts: str) -> None:
+    """A busybox httpd service (``--detach``: see :func:`wait_tasks`); no ``network``: only
+    Docker's ingress (with ``--publish``)."""
+    net = ["--network", network] if network else []
     lab.docker(
-        "service", "create", "--detach", "--no-resolve-image", "--name", name,
-        "--network", network, "--replicas", str(replicas), *opts,
-        "busybox:latest", "sh", "-c", HTTPD, timeout=180,
+        "service", "create", "--detach", "--no-resolve-image", "--name", name, *net,
+        "--replicas", str(replicas), *opts, "busybox:latest", "sh", "-c", HTTPD, timeout=180,
     )  # fmt: skip
-    return wait_tasks(lab, name, network, replicas, timeout)
 
 
 def service_tasks(lab: Lab, service: str, network: str) -> list[Task]:
@@ -252,6 +252,54 @@ def run_client(lab: Lab, name: str, network: str) -> str:
         "run", "-d", "--name", name, "--network", network, "busybox:latest", "sleep", "86400",
         timeout=180,
     ).strip()  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    network: str
+    network_id: str
+    tasks: list[Task]
+    vip: ipaddress.IPv4Address | None
+    client: str  # a container on the same network
+
+
+@dataclass(frozen=True)
+class Workloads:
+    """What every test module uses, started at once so swarm works on all of it together
+    (each step alone is slow under emulation)."""
+
+    web: Service  # 3 replicas, VIP, our IPAM, published on 8080
+    webd: Service  # 3 replicas, VIP, Docker's default IPAM
+    rr: Service  # 2 replicas, dnsrr, our IPAM (web's network and client)
+
+
+OWN_NET, DEFAULT_NET = "snweb", "sndflt"
+OWN_CLIENT, DEFAULT_CLIENT = "webclient", "dfltclient"
+
+
+def start_workloads(lab: Lab, timeout: float = 400) -> Workloads:
+    with lab.timed("workloads: 2 networks created"):
+        own = create_network(lab, OWN_NET, "--ipam-driver", PLUGIN_NAME)
+        dflt = create_network(lab, DEFAULT_NET)
+    with lab.timed("workloads: 3 services created (detached)"):
+        start_http_service(lab, "web", OWN_NET, 3, "--publish", "8080:80")
+        start_http_service(lab, "webd", DEFAULT_NET, 3)
+        start_http_service(lab, "webrr", OWN_NET, 2, "--endpoint-mode", "dnsrr")
+    pairs = [(OWN_CLIENT, OWN_NET), (DEFAULT_CLIENT, DEFAULT_NET)]
+    with lab.timed("workloads: 2 clients running"), ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda pair: run_client(lab, *pair), pairs))
+    with lab.timed("workloads: 8 tasks running"):
+        web = wait_tasks(lab, "web", OWN_NET, 3, timeout)
+        webd = wait_tasks(lab, "webd", DEFAULT_NET, 3, timeout)
+        rr = wait_tasks(lab, "webrr", OWN_NET, 2, timeout)
+    return Workloads(
+        web=Service("web", OWN_NET, own, web, service_vip(lab, "web", own), OWN_CLIENT),
+        webd=Service(
+            "webd", DEFAULT_NET, dflt, webd, service_vip(lab, "webd", dflt), DEFAULT_CLIENT
+        ),
+        rr=Service("webrr", OWN_NET, own, rr, None, OWN_CLIENT),
+    )
 
 
 def service_vip(lab: Lab, service: str, network_id: str) -> ipaddress.IPv4Address:

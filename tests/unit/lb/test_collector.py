@@ -4,6 +4,8 @@ dockerd 20.10 swarm manager answered in each phase (swarm_data, data/README.md).
 from __future__ import annotations
 
 import ipaddress
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from plugin.election import LocalElection
 from plugin.lbcollector import Collector, vni_networks
 from plugin.store.etcd import StoreUnavailable
 from plugin.store.sqlite import SqliteKV
-from plugin.swarmview import SwarmView
+from plugin.swarmview import DockerUnavailable, SwarmView
 from tests.unit.lb import swarm_data as sd
 from tests.unit.lb.swarm_data import LBNET1, LBNET2, PUB, WEB, FakeView
 
@@ -326,20 +328,89 @@ def test_thread_follows_events_and_closes(store: FlakyKV) -> None:
     assert view.closed
 
 
-def test_swarm_view_reads_the_role_from_info() -> None:
+def test_a_worker_waits_on_no_docker_events(store: FlakyKV) -> None:
+    """Only the leader follows dockerd's events (a worker gets no service events)."""
+
+    class Counting(FakeView):
+        waits = 0
+
+        def wait_for_change(self, timeout: float) -> bool:
+            Counting.waits += 1
+            return super().wait_for_change(timeout)
+
+    view = Counting("1-running", manager=False)
+    c = make(store, view, poll=0.05)
+    c.start()
+    try:
+        wait_for(lambda: c.describe()["Role"] == "worker", "the worker role")
+        time.sleep(0.3)  # several polls: a wait would have started by now
+    finally:
+        c.close()
+    assert Counting.waits == 0
+
+
+class InfoServer:
+    """dockerd's GET /info on a real unix socket, answering with the captured reply."""
+
+    def __init__(self, path: Path, body: Any, status: int = 200) -> None:
+        import http.server
+        import socketserver
+
+        reply = json.dumps(body).encode()
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        self.server = Server(str(path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_swarm_view_reads_the_role_from_info_on_a_unix_socket(tmp_path: Path) -> None:
+    worker = sd.load("info.json")
+    worker["Swarm"]["ControlAvailable"] = False
+    for body, want in ((sd.load("info.json"), True), (worker, False)):
+        sock = tmp_path / f"d-{want}.sock"
+        server = InfoServer(sock, body)
+        try:
+            assert SwarmView(f"unix://{sock}").is_manager() is want
+            assert server.paths == ["/v1.41/info"]
+        finally:
+            server.close()
+    sock = tmp_path / "err.sock"
+    server = InfoServer(sock, {"message": "boom"}, status=500)
+    try:
+        with pytest.raises(DockerUnavailable, match="HTTP 500"):
+            SwarmView(f"unix://{sock}").is_manager()
+    finally:
+        server.close()
+    with pytest.raises(DockerUnavailable):
+        SwarmView(f"unix://{tmp_path / 'none.sock'}").is_manager()
+
+
+def test_swarm_view_reads_the_role_through_the_sdk_over_tcp() -> None:
     class API:
         def info(self) -> Any:
             return sd.load("info.json")
 
-    assert SwarmView("unix:///nonexistent", api=API()).is_manager() is True
-    worker = sd.load("info.json")
-    worker["Swarm"]["ControlAvailable"] = False
-
-    class WorkerAPI:
-        def info(self) -> Any:
-            return worker
-
-    assert SwarmView("unix:///nonexistent", api=WorkerAPI()).is_manager() is False
+    assert SwarmView("tcp://127.0.0.1:1", api=API()).is_manager() is True
 
 
 def test_a_freed_mark_leaves_the_store_before_it_is_reused(store: FlakyKV) -> None:
