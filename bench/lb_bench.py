@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,13 @@ CLIENT_IP = IP("10.99.0.10")
 BACKEND_IPS = (IP("10.99.0.11"), IP("10.99.0.12"), IP("10.99.0.13"))
 VIP = IP("10.99.0.100")
 PORT = 8080
-ASK_TIMEOUT = 3.0  # seconds; bounds one connection that gets no answer
+ASK_TIMEOUT = 10.0  # seconds; bounds one connection (a SYN lost twice still answers at 3 s)
 NETWORK = "b10b" * 16
 SERVICE = "5e12" * 6 + "5e"
 WAIT = 120.0  # seconds; bounds every wait for the programmer
+DIRECT_IP = IP("10.99.0.20")  # the client's second address, the source of direct connections
+SLOW_US = 500_000  # a connection this slow lost a SYN (TCP retransmits it after 1 s)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -138,6 +142,16 @@ def new_netns(path: Path) -> Path:
         nsfs.remove(path)
         raise
     return path
+
+
+@dataclass
+class Conn:
+    target: str
+    us: float | None = None  # connect + first byte; None: failed
+    tag: str = ""  # which backend answered
+    sport: int = 0
+    error: str = ""
+    failed_after_us: float | None = None
 
 
 class Scratch:
@@ -201,6 +215,8 @@ class PathLab:
             ipr.link("add", ifname="br0", kind="bridge")
             ipr.link("set", index=index_of(ipr, "br0"), state="up")
         self.client = self._node("client", CLIENT_IP)
+        with ipr_in(self.client) as ipr:
+            ipr.addr("add", index=index_of(ipr, "eth0"), address=str(DIRECT_IP), prefixlen=PREFIX)
         try:
             for n, addr in enumerate(BACKEND_IPS, start=1):
                 ns = self._node(f"t{n}", addr)
@@ -226,34 +242,38 @@ class PathLab:
             ipr.link("set", index=index, state="up")
         return path
 
-    def connect_batch(self, targets: Sequence[IP]) -> tuple[list[float], list[bytes], int]:
-        """One connection per target, from the client: µs of connect + first byte each,
-        the bytes received, and how many failed. The sockets are made in a thread inside
-        the client's namespace, so the timing holds no namespace switch."""
+    def connect_batch(self, targets: Sequence[IP], source: IP) -> list[Conn]:
+        """One connection per target, from ``source`` (an address of the client): connect
+        plus the first byte, timed. The sockets are made in a thread inside the client's
+        namespace, so the timing holds no namespace switch. The source port is left to
+        connect(), as for an unbound socket (IP_BIND_ADDRESS_NO_PORT)."""
 
-        def body() -> tuple[list[float], list[bytes], int]:
-            times: list[float] = []
-            tags: list[bytes] = []
-            failed = 0
+        def body() -> list[Conn]:
+            out = []
             for target in targets:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.settimeout(ASK_TIMEOUT)
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                conn = Conn(str(target))
                 try:
+                    sock.bind((str(source), 0))
                     start = time.perf_counter_ns()
-                    sock.connect((str(target), PORT))
-                    got = sock.recv(1)
-                    end = time.perf_counter_ns()
-                except OSError:
-                    failed += 1
-                    continue
+                    try:
+                        sock.connect((str(target), PORT))
+                        got = sock.recv(1)
+                        conn.us = (time.perf_counter_ns() - start) / 1000
+                        conn.tag = got.decode() if len(got) == 1 else ""
+                        if not conn.tag:
+                            conn.error = "closed without a byte"
+                    except OSError as exc:
+                        conn.error = f"{type(exc).__name__}: {exc}"
+                        conn.failed_after_us = (time.perf_counter_ns() - start) / 1000
+                    with contextlib.suppress(OSError):
+                        conn.sport = sock.getsockname()[1]
                 finally:
                     sock.close()
-                if len(got) != 1:
-                    failed += 1
-                    continue
-                times.append((end - start) / 1000)
-                tags.append(got)
-            return times, tags, failed
+                out.append(conn)
+            return out
 
         return nsfs.run_in(self.client, body)
 
@@ -265,7 +285,12 @@ class PathLab:
 # --------------------------------------------------------------------------- 1. data path
 
 
-def bench_path(scratch: Scratch, connections: int, batches: int) -> dict[str, Any]:
+def bench_path(
+    scratch: Scratch, connections: int, batches: int, direct_source: str
+) -> dict[str, Any]:
+    """``direct_source`` "own": direct connections leave from the client's second address,
+    so they never share a 4-tuple with a VIP connection; "same": both leave from one
+    address (see docs/benchmarks.md, why that costs the VIP a lost SYN now and then)."""
     lab = PathLab(scratch)  # its namespaces are the scratch's to remove
     try:
         lb = NetlinkLoadBalancer()
@@ -274,41 +299,63 @@ def bench_path(scratch: Scratch, connections: int, batches: int) -> dict[str, An
             sandbox_state([virtual_service(VIP, mark(1), dict.fromkeys(BACKEND_IPS, 1))]),
         )
         per_batch = max(1, connections // batches)
-        direct_targets = [BACKEND_IPS[i % len(BACKEND_IPS)] for i in range(per_batch)]
-        vip_targets = [VIP] * per_batch
+        sources = {"vip": CLIENT_IP, "direct": DIRECT_IP if direct_source == "own" else CLIENT_IP}
+        targets = {
+            "vip": [VIP] * per_batch,
+            "direct": [BACKEND_IPS[i % len(BACKEND_IPS)] for i in range(per_batch)],
+        }
         # Warm-up, not counted: ARP, the first IPVS connection, Python's own first calls.
-        lab.connect_batch([VIP] * 6 + list(BACKEND_IPS) * 2)
-        samples: dict[str, list[float]] = {"vip": [], "direct": []}
-        failed = {"vip": 0, "direct": 0}
-        spread: dict[str, int] = {}
+        lab.connect_batch([VIP] * 6, sources["vip"])
+        lab.connect_batch(list(BACKEND_IPS) * 2, sources["direct"])
+        conns: dict[str, list[Conn]] = {"vip": [], "direct": []}
         order = []
         for b in range(batches):
             # ABBA: the kind that goes first swaps every batch.
             kinds = ("vip", "direct") if b % 2 == 0 else ("direct", "vip")
             order.append(kinds[0])
             for kind in kinds:
-                targets = vip_targets if kind == "vip" else direct_targets
-                times, tags, bad = lab.connect_batch(targets)
-                samples[kind] += times
-                failed[kind] += bad
-                if kind == "vip":
-                    for tag in tags:
-                        spread[tag.decode()] = spread.get(tag.decode(), 0) + 1
-        vip, direct = summary(samples["vip"]), summary(samples["direct"])
-        return {
-            "connections_each": per_batch * batches,
-            "batches": batches,
-            "first_in_batch": order,
-            "vip_us": vip,
-            "direct_us": direct,
-            "ratio_p50": vip["p50"] / direct["p50"],
-            "ratio_p90": vip["p90"] / direct["p90"],
-            "failures": failed,
-            "vip_backend_spread": dict(sorted(spread.items())),
-            "samples_us": samples,
-        }
+                conns[kind] += lab.connect_batch(targets[kind], sources[kind])
     finally:
         lab.close()
+    samples = {k: [c.us for c in v if c.us is not None and c.tag] for k, v in conns.items()}
+    vip, direct = summary(samples["vip"]), summary(samples["direct"])
+    spread: dict[str, int] = {}
+    for c in conns["vip"]:
+        if c.tag:
+            spread[c.tag] = spread.get(c.tag, 0) + 1
+    # A port that an earlier connection of the other kind used (its conntrack entry and the
+    # server's TIME_WAIT socket outlive it): what a lost SYN had in common, if anything.
+    used: dict[str, set[int]] = {"vip": set(), "direct": set()}
+    slow: dict[str, list[dict[str, Any]]] = {"vip": [], "direct": []}
+    for i in range(max(len(v) for v in conns.values())):
+        for kind in ("vip", "direct"):
+            if i >= len(conns[kind]):
+                continue
+            c = conns[kind][i]
+            other = "direct" if kind == "vip" else "vip"
+            if c.us is None or not c.tag or c.us >= SLOW_US:
+                slow[kind].append(
+                    asdict(c) | {"index": i, "port_used_before_by_" + other: c.sport in used[other]}
+                )
+            used[kind].add(c.sport)
+    return {
+        "connections_each": per_batch * batches,
+        "batches": batches,
+        "first_in_batch": order,
+        "direct_source": direct_source,
+        "sources": {k: str(v) for k, v in sources.items()},
+        "vip_us": vip,
+        "direct_us": direct,
+        "ratio_p50": vip["p50"] / direct["p50"],
+        "ratio_p90": vip["p90"] / direct["p90"],
+        "failures": {k: sum(1 for c in v if c.us is None or not c.tag) for k, v in conns.items()},
+        "slow_over_500ms": {
+            k: sum(1 for c in v if c.us and c.us >= SLOW_US) for k, v in conns.items()
+        },
+        "failed_or_slow": slow,
+        "vip_backend_spread": dict(sorted(spread.items())),
+        "samples_us": samples,
+    }
 
 
 # --------------------------------------------------------------------------- 2. delay
@@ -579,7 +626,8 @@ def table(result: dict[str, Any]) -> str:
             s = path[f"{kind}_us"]
             lines.append(
                 f"| 1 | connect + first byte, {label} | {s['p50']:.0f} µs | {s['p90']:.0f} µs "
-                f"| {s['p99']:.0f} µs (p99) | {s['n']} | failures {path['failures'][kind]} |"
+                f"| {s['p99']:.0f} µs (p99) | {s['n']} | failures {path['failures'][kind]}, "
+                f"over 0.5 s {path['slow_over_500ms'][kind]} |"
             )
         lines.append(
             f"| 1 | ratio VIP / direct | {path['ratio_p50']:.2f} | {path['ratio_p90']:.2f} | | | "
@@ -662,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="path,delay,scale", help="comma-separated parts")
     parser.add_argument("--connections", type=int, default=1000, help="per kind (part 1)")
     parser.add_argument("--batches", type=int, default=10, help="batches per kind (part 1)")
+    parser.add_argument(
+        "--direct-source",
+        choices=("own", "same"),
+        default="own",
+        help="direct connections from the client's second address (own) or the VIP's (same)",
+    )
     parser.add_argument("--sandboxes", type=int, default=10, help="parts 2 and 3")
     parser.add_argument("--reps", type=int, default=20, help="per mode (part 2)")
     parser.add_argument("--services", type=int, default=50, help="part 3")
@@ -696,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Scratch(Path(tmp))
         try:
             if "path" in parts:
-                result["path"] = bench_path(scratch, args.connections, args.batches)
+                result["path"] = bench_path(
+                    scratch, args.connections, args.batches, args.direct_source
+                )
                 print(f"path: done ({time.perf_counter() - began:.0f} s)", file=sys.stderr)
             if "delay" in parts:
                 result["delay"] = bench_delay(scratch, args.sandboxes, args.reps, args.seed)

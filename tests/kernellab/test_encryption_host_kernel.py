@@ -1,8 +1,8 @@
 """Encrypted networks through the protocol on whatever kernel runs the test (root).
 
-On the development host (no ESP, no GCM) CreateNetwork must fail closed with a
-message naming what the kernel lacks, and leave nothing behind: no namespace,
-no link, no xfrm object, no record, no key. Inside kernel-lab the same call
+On the development host (no ESP, no GCM) the network must fail closed: nothing
+is built for it (no namespace, no link, no xfrm object, no record, no key) and
+Join refuses with a message naming what the kernel lacks. Inside kernel-lab the same call
 must work, and DeleteNetwork must leave nothing either. What to expect is read
 from the kernel's build configuration, not from probe().
 """
@@ -95,6 +95,18 @@ def test_encrypted_network_fails_closed_or_works_as_the_kernel_allows(plugin: Pl
     missing = expected_missing()
     status, reply = plugin.call("/NetworkDriver.CreateNetwork", body())
     if missing:
+        # Swarm scope: the node takes the network but builds nothing for it, and refuses
+        # its endpoints at Join, where the reason reaches `docker service ps` and
+        # `docker run` (a refused CreateNetwork reaches nobody in swarm).
+        assert status == 200, reply
+        assert_nothing_left(plugin)
+        assert plugin.store.list("/swarmnet/v1/ipsec/") == {}
+        endpoint = {"NetworkID": NET, "EndpointID": "e" * 64}
+        status, reply = plugin.call(
+            "/NetworkDriver.CreateEndpoint", {**endpoint, "Interface": {"Address": "10.30.0.2/24"}}
+        )
+        assert status == 200, reply
+        status, reply = plugin.call("/NetworkDriver.Join", {**endpoint, "SandboxKey": "/x"})
         assert status == 501, reply
         message = reply["Err"]
         assert "--opt encrypted" in message and "in clear" in message
@@ -102,11 +114,11 @@ def test_encrypted_network_fails_closed_or_works_as_the_kernel_allows(plugin: Pl
             assert piece in message and MISSING_CONFIG[piece] in message, message
         assert_nothing_left(plugin)
         assert plugin.store.list("/swarmnet/v1/ipsec/") == {}
-        status, reply = plugin.call(
-            "/NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {"encrypted": ""}}
-        )
-        assert status == 501 and "esp" in reply["Err"].lower()
-        assert plugin.store.list("/swarmnet/") == {}
+        status, reply = plugin.call("/NetworkDriver.DeleteEndpoint", endpoint)
+        assert status == 200, reply
+        status, reply = plugin.call("/NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+        assert status == 200, reply
+        assert plugin.store.list("/swarmnet/v1/local/") == {}
         return
     assert status == 200, reply
     assert names.short(NET) in plugin.host.kernel.network_ids()
