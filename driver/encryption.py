@@ -40,12 +40,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from core.errors import Internal, Unsupported
+from core.iptypes import IPAddress
 from driver import names
 from driver.config import EncryptionConfig
-from driver.errors import DriverError, Unsupported
 from driver.ipsec_keys import ICV_BITS, REQID, Ack, KeyRing, derive_key, spi, spi_parts
 from driver.ipsec_store import IpsecStore, Rotation
-from driver.kernel.port import IPAddress
 from driver.kernel.xfrm_types import (
     IPPROTO_UDP,
     Action,
@@ -263,7 +263,7 @@ class Encryption:
         with self._lock:
             current = self._networks.get(network_id)
             if current is None:
-                raise DriverError(
+                raise Internal(
                     f"network {names.short(network_id)}: encryption is not set up on this node"
                 )
             wanted = current | vteps if grow_only else set(vteps)
@@ -427,7 +427,7 @@ class Encryption:
         wanted_policies = {block_policy(port).id, in_policy(port).id}
         if peers:
             if me is None:
-                raise DriverError(
+                raise Internal(
                     "this node's data-path address is not known yet, so its encrypted "
                     "peers cannot be programmed"
                 )

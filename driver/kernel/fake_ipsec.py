@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import threading
 
-from driver.kernel.port import IPAddress
+from core.iptypes import IPAddress
 from driver.kernel.xfrm_types import (
     AEAD_RFC4106_GCM_AES,
     Mark,

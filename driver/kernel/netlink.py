@@ -44,18 +44,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 from driver import names
 from driver.kernel import nsfs
-from driver.kernel.port import (
-    EndpointLinks,
-    EndpointSpec,
-    IPAddress,
-    IPInterface,
-    IPNetwork,
-    KernelError,
-    NetworkSpec,
-    Peer,
-)
+from driver.kernel.port import EndpointLinks, EndpointSpec, KernelError, NetworkSpec, Peer
 from driver.keylocks import KeyedLocks
 
 DEFAULT_NETNS_DIR = Path("/run/swarmnet/netns")

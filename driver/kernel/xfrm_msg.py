@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pyroute2.netlink import nla, nlmsg
 
-from driver.kernel.port import IPAddress, IPNetwork
+from core.iptypes import IPAddress, IPNetwork
 from driver.kernel.xfrm_types import (
     IPPROTO_ESP,
     Action,

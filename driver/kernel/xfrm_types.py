@@ -15,7 +15,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from driver.kernel.port import IPAddress, IPNetwork, KernelError
+from core.iptypes import IPAddress, IPNetwork
+from driver.kernel.port import KernelError
 
 IPPROTO_UDP = 17
 IPPROTO_ESP = 50

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.iptypes import IPAddress
 from driver.kernel import xfrm_msg as wire
-from driver.kernel.port import IPAddress
 from driver.kernel.xfrm import (
     Action,
     AeadKey,
