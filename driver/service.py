@@ -20,10 +20,11 @@ from core.iptypes import IPAddress
 from driver import mac as macs
 from driver import names
 from driver.config import VXLAN_OVERHEAD, DriverConfig
-from driver.encryption import Encryption, Ipsec, NoIpsec
+from driver.encryption import Encryption, NoIpsec
 from driver.errors import InvalidArgument, UnknownObject
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import Rotation
+from driver.kernel.ipsec_port import Ipsec
 from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec, Peer
 from driver.keylocks import KeyedLocks
 from driver.messages import (

@@ -13,7 +13,7 @@ import errno
 import threading
 
 from core.iptypes import IPAddress
-from driver.kernel.xfrm_types import (
+from driver.kernel.xfrm.types import (
     AEAD_RFC4106_GCM_AES,
     Mark,
     Policy,

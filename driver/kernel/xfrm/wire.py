@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pyroute2.netlink import nla, nlmsg
 
 from core.iptypes import IPAddress, IPNetwork
-from driver.kernel.xfrm_types import (
+from driver.kernel.xfrm.types import (
     IPPROTO_ESP,
     Action,
     AeadKey,
