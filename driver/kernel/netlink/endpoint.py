@@ -16,7 +16,6 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from driver import names
 from driver.kernel import nsfs
-from driver.kernel.netlink import handles
 from driver.kernel.netlink.handles import Handles
 from driver.kernel.netlink.links import (
     BRIDGE_PREFIX,
@@ -190,7 +189,7 @@ class Endpoints(Handles):
         try:
             with (
                 errors(f"network {names.short(network_id)}: delete retired veths"),
-                handles.ipr_on(nsfs.socket_in(path)) as ns,
+                self._open(path) as ns,
             ):
                 ignore_gone(lambda: ns.link("del", group=RETIRED_GROUP))
         except KernelError:

@@ -62,9 +62,14 @@ class Handles:
             self._forget(names.short(network_id))
             raise KernelError(f"network {names.short(network_id)}: namespace {path} does not exist")
         with errors(f"open namespace {path}"):
-            ipr = ipr_on(nsfs.socket_in(path))
+            ipr = self._open(path)
         with ipr:
             yield ipr
+
+    @staticmethod
+    def _open(path: Path) -> Handle:
+        """A handle in the namespace bound at ``path``; the caller closes it."""
+        return ipr_on(nsfs.socket_in(path))
 
     def _forget(self, short: str) -> None:
         """Drop what is cached about a network. The caller holds its lock."""
