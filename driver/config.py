@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from driver.kernel.port import IPAddress
+from core.iptypes import IPAddress
 
 # Docker's overlay driver hands out VNIs from 4096 up; staying below keeps both
 # drivers usable on the same hosts without colliding in the kernel.

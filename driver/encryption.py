@@ -38,15 +38,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
+from core.errors import Internal, Unsupported
+from core.iptypes import IPAddress
 from driver import names
 from driver.config import EncryptionConfig
-from driver.errors import DriverError, Unsupported
 from driver.ipsec_keys import ICV_BITS, REQID, Ack, KeyRing, derive_key, spi, spi_parts
 from driver.ipsec_store import IpsecStore, Rotation
-from driver.kernel.port import IPAddress
-from driver.kernel.xfrm_types import (
+from driver.kernel.ipsec_port import Ipsec
+from driver.kernel.xfrm.types import (
     IPPROTO_UDP,
     Action,
     AeadKey,
@@ -66,30 +66,6 @@ log = logging.getLogger(__name__)
 
 PEER_PRIORITY = 100  # lower wins: a peer's out policy beats the block policy
 BLOCK_PRIORITY = 1000
-
-
-class Ipsec(Protocol):
-    """What the encryption use case needs from the kernel's xfrm, in one namespace.
-
-    ``driver.kernel.ipsec.NetlinkIpsec`` talks NETLINK_XFRM; ``FakeIpsec``
-    keeps the same state in memory. One contract suite runs against both.
-    """
-
-    def probe(self) -> ProbeResult:
-        """Whether ESP transport with rfc4106(gcm(aes)) works here (cached)."""
-        ...
-
-    def ensure_sa(self, sa: SecurityAssociation) -> bool: ...
-
-    def delete_sa(self, sa_id: SAId) -> bool: ...
-
-    def list_sas(self) -> list[SecurityAssociation]: ...
-
-    def update_policy(self, policy: Policy) -> None: ...
-
-    def delete_policy(self, pid: PolicyId) -> bool: ...
-
-    def list_policies(self) -> list[Policy]: ...
 
 
 class NoIpsec:
@@ -263,7 +239,7 @@ class Encryption:
         with self._lock:
             current = self._networks.get(network_id)
             if current is None:
-                raise DriverError(
+                raise Internal(
                     f"network {names.short(network_id)}: encryption is not set up on this node"
                 )
             wanted = current | vteps if grow_only else set(vteps)
@@ -427,7 +403,7 @@ class Encryption:
         wanted_policies = {block_policy(port).id, in_policy(port).id}
         if peers:
             if me is None:
-                raise DriverError(
+                raise Internal(
                     "this node's data-path address is not known yet, so its encrypted "
                     "peers cannot be programmed"
                 )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from driver.kernel.port import IPAddress
+from core.iptypes import IPAddress
 
 REQID = 0x534E01  # "SN": marks every SA and template of ours
 MASTER_BYTES = 32

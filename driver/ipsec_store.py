@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from driver.errors import Conflict, Exhausted
+from core.errors import Conflict, Exhausted
 from driver.ipsec_keys import MASTER_BYTES, Ack, Generation, KeyRing, claim_index, load_indexes
 from driver.ports import KV
 from driver.records import ROOT

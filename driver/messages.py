@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from driver.kernel.port import IPAddress, IPInterface, IPNetwork
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 
 _EMPTY: Mapping[str, IPInterface] = MappingProxyType({})
 

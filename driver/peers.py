@@ -18,8 +18,9 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.iptypes import IPAddress
 from driver import names
-from driver.kernel.port import IPAddress, Kernel, Peer
+from driver.kernel.port import Kernel, Peer
 
 log = logging.getLogger(__name__)
 

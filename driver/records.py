@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from driver.kernel.port import IPAddress, IPInterface
+from core.iptypes import IPAddress, IPInterface
 
 ROOT = "/swarmnet/v1"
 VNI_KEY = f"{ROOT}/vni"

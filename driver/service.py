@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from types import MappingProxyType
 
+from core.errors import BadRequest, Conflict, NotFound, Unavailable, Unsupported
+from core.iptypes import IPAddress
 from driver import mac as macs
 from driver import names
 from driver.config import VXLAN_OVERHEAD, DriverConfig
-from driver.encryption import Encryption, Ipsec, NoIpsec
-from driver.errors import Conflict, DriverError, InvalidArgument, UnknownObject, Unsupported
+from driver.encryption import Encryption, NoIpsec
+from driver.errors import InvalidArgument, UnknownObject
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import Rotation
-from driver.kernel.port import EndpointSpec, IPAddress, Kernel, NetworkSpec, Peer
+from driver.kernel.ipsec_port import Ipsec
+from driver.kernel.port import EndpointSpec, Kernel, NetworkSpec, Peer
 from driver.keylocks import KeyedLocks
 from driver.messages import (
     AllocateNetwork,
@@ -372,9 +375,9 @@ class NetworkDriverService:
             # Only possible when this node's store is not the manager's (several
             # managers without etcd); the VNI from AllocateNetwork still wins.
             log.warning("network %s: VNI table disagrees: %s", names.short(network_id), e)
+        except (BadRequest, NotFound):
+            raise  # the request's fault, not the store's
         except Exception as e:
-            if getattr(e, "http_status", 500) < 500:
-                raise
             log.warning(
                 "network %s: could not confirm VNI %d in the shared store (%s); using it anyway",
                 names.short(network_id),
@@ -819,10 +822,8 @@ class NetworkDriverService:
         return out
 
 
-class NetworkBroken(DriverError):
+class NetworkBroken(Unavailable):
     """The network is in the store but its kernel state could not be made."""
-
-    http_status = 503
 
 
 def _reason(e: BaseException) -> str:

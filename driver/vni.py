@@ -12,8 +12,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+from core.errors import Conflict, Exhausted
 from driver import names
-from driver.errors import Conflict, Exhausted, InvalidArgument
+from driver.errors import InvalidArgument
 from driver.ports import KV
 from driver.records import VNI_KEY
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from typing import Any
 
+from core.iptypes import IPAddress, IPNetwork
 from ipam import records, spans
 from ipam.errors import AddressInUse, AddressOutOfPool, CorruptRecord, Exhausted
-from ipam.messages import IPAddress
-from ipam.subnets import IPNetwork
 
 NO_SUB_POOL = ""
 

@@ -1,15 +1,14 @@
-"""IPAM errors. Each carries the HTTP status the plugin's error map returns.
+"""IPAM errors, each of a kind (``core.errors``) that plugin/errors.py maps to a status.
 
-Statuses:
-- 400: bad input (a malformed or unknown field, a PoolID we never issued or no
-  longer hold, an address outside its pool, a network or broadcast address,
-  a pool that overlaps another one).
-- 409: the address is taken in a way a replay cannot explain: an endpoint
+Kinds:
+- BadRequest: bad input (a malformed or unknown field, an address outside its
+  pool, a network or broadcast address, a pool that overlaps another one).
+- NotFound: a PoolID we never issued or no longer hold.
+- Conflict: the address is taken in a way a replay cannot explain: an endpoint
   asking for the pool's gateway address, or for an address another endpoint
   (another MAC) holds.
-- 507: exhausted (no free subnet in the default pools, no free address in a
-  pool). "Insufficient Storage": the request is fine, there is no room left.
-- 500: the store holds a record we cannot read.
+- Exhausted: no free subnet in the default pools, no free address in a pool.
+- Internal: the store holds a record we cannot read.
 
 Every message names the field (``Pool``, ``SubPool``, ``PoolID``, ``Address``,
 ``AddressSpace``, ``V6``) or the pool it is about. Messages a user can meet
@@ -19,34 +18,36 @@ address in use) are plain sentences that say what to do, as Docker's are.
 
 from __future__ import annotations
 
+from core import errors as kinds
+
 
 class IpamError(Exception):
-    http_status = 400
+    """Every IPAM error; each subclass also names its kind."""
 
 
-class InvalidRequest(IpamError):
+class InvalidRequest(IpamError, kinds.BadRequest):
     """A field is malformed or inconsistent with another one."""
 
 
-class UnknownPool(IpamError):
+class UnknownPool(IpamError, kinds.NotFound):
     """The PoolID is not one we issued, or its pool has been released."""
 
 
-class PoolOverlap(IpamError):
+class PoolOverlap(IpamError, kinds.BadRequest):
     """An explicit pool overlaps a different pool of the same address space."""
 
 
-class AddressOutOfPool(IpamError):
+class AddressOutOfPool(IpamError, kinds.BadRequest):
     """The address is not a usable address of the pool."""
 
 
-class AddressInUse(IpamError):
-    http_status = 409
+class AddressInUse(IpamError, kinds.Conflict):
+    pass
 
 
-class Exhausted(IpamError):
-    http_status = 507
+class Exhausted(IpamError, kinds.Exhausted):
+    pass
 
 
-class CorruptRecord(IpamError):
-    http_status = 500
+class CorruptRecord(IpamError, kinds.Internal):
+    pass

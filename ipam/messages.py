@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-)
 
-IPNetwork = IPv4Network | IPv6Network
-IPAddress = IPv4Address | IPv6Address
-IPInterface = IPv4Interface | IPv6Interface
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 
 # Option keys libnetwork and swarmkit send.
 REQUEST_ADDRESS_TYPE = "RequestAddressType"

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_network
 
+from core.iptypes import IPNetwork
 from ipam.errors import UnknownPool
-from ipam.subnets import IPNetwork, within
+from ipam.subnets import within
 
 
 @dataclass(frozen=True)

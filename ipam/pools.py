@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.iptypes import IPNetwork
 from ipam import records, spans, subnets
 from ipam.errors import CorruptRecord, Exhausted, PoolOverlap
-from ipam.subnets import IPNetwork
 
 
 @dataclass(frozen=True)

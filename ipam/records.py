@@ -7,8 +7,8 @@ from functools import lru_cache
 from ipaddress import ip_network
 from typing import Any
 
+from core.iptypes import IPNetwork
 from ipam.errors import CorruptRecord
-from ipam.subnets import IPNetwork
 
 FORMAT = 1
 

@@ -28,22 +28,15 @@ from dataclasses import dataclass
 from ipaddress import ip_interface, ip_network
 from typing import TypeVar
 
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 from ipam import addresses, pools, spans
 from ipam.addresses import PoolRecord
 from ipam.config import IpamConfig
 from ipam.errors import AddressOutOfPool, InvalidRequest, PoolOverlap, UnknownPool
-from ipam.messages import (
-    SERIAL_OPTION,
-    AddressGrant,
-    AddressRequest,
-    IPAddress,
-    IPInterface,
-    PoolGrant,
-    PoolRequest,
-)
+from ipam.messages import SERIAL_OPTION, AddressGrant, AddressRequest, PoolGrant, PoolRequest
 from ipam.poolid import PoolRef, decode
 from ipam.ports import KV
-from ipam.subnets import IPNetwork, within
+from ipam.subnets import within
 
 log = logging.getLogger(__name__)
 

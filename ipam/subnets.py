@@ -12,11 +12,10 @@ search costs O(taken) rather than O(candidates).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import ip_network
 
+from core.iptypes import IPNetwork
 from ipam import spans
-
-IPNetwork = IPv4Network | IPv6Network
 
 
 def bounds(net: IPNetwork) -> spans.Span:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from driver.encryption import Ipsec, NoIpsec
+from driver.encryption import NoIpsec
+from driver.kernel.ipsec_port import Ipsec
 from driver.kernel.port import Kernel
 from driver.lb.port import LoadBalancer
 from driver.lb.programmer import LoadBalancing, sandbox_locator

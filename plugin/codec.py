@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from core.errors import BadRequest
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 from driver import mac as macs
 from driver import names
-from driver.kernel.port import IPAddress, IPInterface, IPNetwork
 from driver.messages import (
     AllocateNetwork,
     CreateEndpoint,
@@ -32,12 +33,6 @@ INTERNAL = "com.docker.network.internal"
 NODE_DISCOVERY = 1
 
 T = TypeVar("T")
-
-
-class BadRequest(Exception):
-    """The body is not what the protocol says. The message names the field."""
-
-    http_status = 400
 
 
 # No protocol body nests deeper than a few levels; this much is already absurd.

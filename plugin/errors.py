@@ -3,9 +3,9 @@
 NetworkDriver replies carry the message under "Err". IpamDriver replies carry
 it under both "Error" (the IPAM protocol's field) and "Err": on a non-200 reply
 Docker's plugin client reads only "Err" and otherwise prints the whole body, so
-without it a user reads raw JSON. Domain errors say their own status
-(``http_status``). Anything else is a bug: its traceback goes to the log, and
-the caller gets a short message.
+without it a user reads raw JSON. An error's kind (``core.errors``) says its
+status, here and nowhere else. Anything else is a bug: its traceback goes to the
+log, and the caller gets a short message.
 """
 
 from __future__ import annotations
@@ -15,7 +15,42 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from core.errors import (
+    BadRequest,
+    Conflict,
+    Exhausted,
+    Internal,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
+
 log = logging.getLogger(__name__)
+
+STATUS: dict[type[Exception], int] = {
+    BadRequest: 400,
+    # Not 404: libnetwork reads a 404 as "this plugin does not implement that call".
+    NotFound: 400,
+    Conflict: 409,
+    Internal: 500,
+    Unsupported: 501,
+    Unavailable: 503,
+    # "Insufficient Storage": the request is fine, there is no room left.
+    Exhausted: 507,
+}
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of ``exc``'s kind; None for an exception of no kind (a bug).
+
+    The nearest kind in the class's method resolution order wins, so a class
+    that names two kinds answers with the first.
+    """
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return None
 
 
 def error_keys(path: str) -> tuple[str, ...]:
@@ -49,8 +84,8 @@ def _handle(exc: Exception) -> Response:
             # libnetwork reads 404 as "this plugin does not implement that call".
             return error_response(404, f"{_path()}: not implemented by swarmnet-overlay")
         return error_response(code, f"{_path()}: {exc.description}")
-    status = getattr(exc, "http_status", None)
-    if isinstance(status, int) and 400 <= status < 600:
+    status = status_of(exc)
+    if status is not None:
         message = _bounded(str(exc))
         if status >= 500:
             log.error("%s failed: %s", _path(), message)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.iptypes import IPAddress
 from driver.config import (
     DEFAULT_VNI_RANGE,
     ENCRYPTED_VXLAN_PORT,
@@ -20,7 +21,6 @@ from driver.config import (
     DriverConfig,
     EncryptionConfig,
 )
-from driver.kernel.port import IPAddress
 from driver.vni import VNI_MAX
 
 DEFAULT_SOCKET = Path("/run/docker/plugins/swarmnet.sock")

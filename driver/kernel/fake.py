@@ -11,16 +11,9 @@ import ipaddress
 import threading
 from dataclasses import dataclass, field
 
+from core.iptypes import IPAddress, IPNetwork
 from driver import names
-from driver.kernel.port import (
-    EndpointLinks,
-    EndpointSpec,
-    IPAddress,
-    IPNetwork,
-    KernelError,
-    NetworkSpec,
-    Peer,
-)
+from driver.kernel.port import EndpointLinks, EndpointSpec, KernelError, NetworkSpec, Peer
 
 
 @dataclass

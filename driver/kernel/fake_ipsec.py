@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import threading
 
-from driver.kernel.port import IPAddress
-from driver.kernel.xfrm_types import (
+from core.iptypes import IPAddress
+from driver.kernel.xfrm.types import (
     AEAD_RFC4106_GCM_AES,
     Mark,
     Policy,

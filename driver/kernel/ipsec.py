@@ -1,4 +1,4 @@
-"""The Ipsec port (``driver.encryption.Ipsec``) over NETLINK_XFRM (``driver.kernel.xfrm``).
+"""The Ipsec port (``driver.kernel.ipsec_port``) over NETLINK_XFRM (``driver.kernel.xfrm``).
 
 One ``Xfrm`` socket in the host namespace, opened on first use (never at import
 or before the server starts) and kept: xfrm calls are a request and an ack each.

@@ -1,11 +1,12 @@
-"""Named network namespaces bind-mounted under a directory of our choice.
+"""Network namespaces: bound under a directory of our choice, and entered on short threads.
 
 ``ip netns`` and ``pyroute2.netns`` keep namespaces in /var/run/netns and fork a
 child for every operation. We keep ours under a directory given by the caller
 (/run/swarmnet/netns in the plugin, a temporary directory in tests) and use short
 threads instead of forks: ``unshare(CLONE_NEWNET)`` and ``setns`` change only the
 calling thread, so a throwaway thread can create a namespace or open a socket in
-one without touching the rest of the process.
+one without touching the rest of the process. ``run_in`` is that thread, for
+every adapter here (netlink, xfrm, load balancing).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -44,15 +45,47 @@ def _check(result: int, what: str, path: Path | str) -> None:
         raise OSError(code, f"{what}: {os.strerror(code)}", str(path))
 
 
-def _in_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a fresh thread that dies afterwards, taking its namespace changes with it."""
+class NewNetns:
+    """Marker: a fresh namespace, which ends with the thread unless something holds it."""
+
+    def __repr__(self) -> str:
+        return "NEW_NETNS"
+
+
+NEW_NETNS: Final = NewNetns()
+# A namespace to enter: bound at a path, an open fd (left open), or a fresh one.
+Target = Path | int | NewNetns
+
+
+def _enter(netns: Target) -> None:
+    """Move the calling thread into ``netns``."""
+    if isinstance(netns, NewNetns):
+        _check(_libc.unshare(CLONE_NEWNET), "unshare", "a new network namespace")
+    elif isinstance(netns, int):
+        _check(_libc.setns(netns, CLONE_NEWNET), "setns", f"fd {netns}")
+    else:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), "setns", netns)
+        finally:
+            os.close(fd)
+
+
+def run_in(netns: Target, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a short thread inside ``netns`` and return its result.
+
+    The thread dies afterwards, taking its namespace with it; the caller's
+    threads never change namespace. A socket ``fn`` makes keeps the namespace
+    it was born in. An error entering the namespace is an OSError.
+    """
     result: list[T] = []
     error: list[BaseException] = []
 
     def run() -> None:
         try:
+            _enter(netns)
             result.append(fn())
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the caller's thread below
             error.append(exc)
 
     thread = threading.Thread(target=run, name="swarmnet-netns", daemon=True)
@@ -61,15 +94,6 @@ def _in_thread(fn: Callable[[], T]) -> T:
     if error:
         raise error[0]
     return result[0]
-
-
-def _enter(path: Path) -> None:
-    """Move the calling thread into the namespace bound at ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(_libc.setns(fd, CLONE_NEWNET), "setns", path)
-    finally:
-        os.close(fd)
 
 
 def is_netns(path: Path) -> bool:
@@ -86,13 +110,12 @@ def create(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
 
-    def make() -> None:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare", path)
+    def bind() -> None:
         source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
         _check(_libc.mount(source, bytes(path), None, MS_BIND, None), "mount", path)
 
     try:
-        _in_thread(make)
+        run_in(NEW_NETNS, bind)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -120,19 +143,4 @@ def socket_in(
     proto: int = 0,
 ) -> socket.socket:
     """A socket in the namespace at ``path``: a socket keeps the namespace it was born in."""
-
-    def make() -> socket.socket:
-        _enter(path)
-        return socket.socket(family, kind, proto)
-
-    return _in_thread(make)
-
-
-def run_in(path: Path, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread inside the namespace at ``path`` and return its result."""
-
-    def wrapped() -> T:
-        _enter(path)
-        return fn()
-
-    return _in_thread(wrapped)
+    return run_in(path, lambda: socket.socket(family, kind, proto))

@@ -11,19 +11,15 @@ gone" as success. Failures raise ``KernelError``; they are never only logged.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from core.errors import Internal
+from core.iptypes import IPAddress, IPInterface, IPNetwork
 
 
-class KernelError(Exception):
+class KernelError(Internal):
     """The kernel refused an operation. The message says which object and why."""
-
-    http_status = 500
 
 
 @dataclass(frozen=True)

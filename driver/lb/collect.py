@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from driver.errors import Exhausted
+from core.errors import Exhausted
 from driver.lb.model import LB_ROOT, MARK_MAX_INDEX, ServiceRecord, mark, virtual_service
 
 MARKS_KEY = f"{LB_ROOT}/marks"

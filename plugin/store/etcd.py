@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import Unavailable
 from plugin.settings import SettingsError
 from plugin.store.etcd_cache import Seen, SeenCache
 
@@ -32,16 +33,12 @@ MAX_ATTEMPTS = 64
 CACHE_SIZE = 512
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """etcd could not be reached. The data path keeps working; control-plane calls fail."""
 
-    http_status = 503
 
-
-class StoreConflict(Exception):
+class StoreConflict(Unavailable):
     """Compare-and-swap kept losing: far more contention than this store should see."""
-
-    http_status = 503
 
 
 def b64(value: str | bytes) -> str:

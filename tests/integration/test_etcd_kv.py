@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from ipam.ports import KV
+from plugin.errors import status_of
 from plugin.store.etcd import EtcdKV, StoreUnavailable
 from tests.contract.kv_contract import KVContract
 from tests.support.etcd import EtcdServer, free_port
@@ -35,7 +36,7 @@ def test_unreachable_etcd_is_a_503_naming_the_endpoints() -> None:
     kv = EtcdKV([dead], timeout=1)
     with pytest.raises(StoreUnavailable) as err:
         kv.update("/x", lambda v: b"1")
-    assert err.value.http_status == 503 and dead in str(err.value)
+    assert status_of(err.value) == 503 and dead in str(err.value)
 
 
 # -- the last-seen copy behind update (plugin/store/etcd_cache.py) ------------------------

@@ -19,11 +19,12 @@ from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
+from core.iptypes import IPInterface, IPNetwork
 from driver import names
 from driver.kernel import nsfs
 from driver.kernel.fake import FakeKernel
 from driver.kernel.netlink import NetlinkKernel
-from driver.kernel.port import IPInterface, IPNetwork, Kernel
+from driver.kernel.port import Kernel
 
 # The harness's host: an underlay interface with this address and MTU carries
 # the default route, plus one more routed network.

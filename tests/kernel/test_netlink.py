@@ -19,6 +19,7 @@ from driver import mac, names
 from driver.kernel import netlink as netlink_module
 from driver.kernel import nsfs
 from driver.kernel.netlink import NetlinkKernel
+from driver.kernel.netlink import handles as netlink_handles
 from driver.kernel.port import EndpointSpec, KernelError, NetworkSpec, Peer
 
 from .conftest import require_root
@@ -340,14 +341,14 @@ class FailOnMaster:
 
 @pytest.fixture
 def failing_master(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = netlink_module._ipr_on
-    monkeypatch.setattr(netlink_module, "_ipr_on", lambda sock: FailOnMaster(real(sock)))
+    real = netlink_handles.ipr_on
+    monkeypatch.setattr(netlink_handles, "ipr_on", lambda sock: FailOnMaster(real(sock)))
 
 
 def test_failed_endpoint_leaves_no_veth(host: NetlinkHost, monkeypatch: pytest.MonkeyPatch) -> None:
     host.kernel.ensure_network(net_spec())
-    real = netlink_module._ipr_on
-    monkeypatch.setattr(netlink_module, "_ipr_on", lambda sock: FailOnMaster(real(sock)))
+    real = netlink_handles.ipr_on
+    monkeypatch.setattr(netlink_handles, "ipr_on", lambda sock: FailOnMaster(real(sock)))
     with pytest.raises(KernelError, match=rf"endpoint {names.short(EP)}.*not permitted"):
         host.kernel.ensure_endpoint(ep_spec())
     monkeypatch.undo()

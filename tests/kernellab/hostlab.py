@@ -24,7 +24,7 @@ from pathlib import Path
 from driver.config import DriverConfig, EncryptionConfig
 from driver.kernel import nsfs
 from driver.kernel.ipsec import NetlinkIpsec
-from driver.kernel.xfrm_types import Policy, SecurityAssociation
+from driver.kernel.xfrm.types import Policy, SecurityAssociation
 from driver.messages import CreateEndpoint, CreateNetwork, IPData, Join
 from driver.service import NetworkDriverService
 from plugin.store.memory import MemoryKV

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from driver.encryption import Ipsec
 from driver.kernel.ipsec import NetlinkIpsec
+from driver.kernel.ipsec_port import Ipsec
 from driver.kernel.xfrm import NEW_NETNS
 from tests.unit.test_encryption_contract import (
     test_an_sa_is_found_by_destination_and_spi_not_source,

@@ -22,7 +22,7 @@ from driver import mac as macs
 from driver.config import EncryptionConfig
 from driver.ipsec_keys import REQID, spi
 from driver.kernel import nsfs
-from driver.kernel.xfrm_types import Direction
+from driver.kernel.xfrm.types import Direction
 from tests.kernellab.hostlab import Endpoint, HostLab, LabHost, nsrun
 from tests.kernellab.netlab import PingResult, parse_ping
 

@@ -30,7 +30,7 @@ from driver.ipsec_store import ACKS_PREFIX, KEYS_KEY
 from driver.kernel.fake import FakeKernel
 from driver.kernel.fake_ipsec import FakeIpsec
 from driver.kernel.port import KernelError, Peer
-from driver.kernel.xfrm_types import (
+from driver.kernel.xfrm.types import (
     IPPROTO_ESP,
     Action,
     AeadKey,

@@ -15,10 +15,11 @@ from dataclasses import replace
 
 import pytest
 
-from driver.encryption import Ipsec, block_policy, in_policy, is_ours, out_policy
+from driver.encryption import block_policy, in_policy, is_ours, out_policy
 from driver.ipsec_keys import REQID
 from driver.kernel.fake_ipsec import FakeIpsec
-from driver.kernel.xfrm_types import (
+from driver.kernel.ipsec_port import Ipsec
+from driver.kernel.xfrm.types import (
     AeadKey,
     Direction,
     Policy,

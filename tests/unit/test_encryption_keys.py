@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driver.errors import Conflict, Exhausted
+from core.errors import Conflict, Exhausted
 from driver.ipsec_keys import (
     GENERATIONS_KEPT,
     INDEX_MAX,

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from core.errors import Internal
 from driver import names
 from driver.kernel.fake import FakeKernel
 from driver.kernel.port import NetworkSpec, Peer
@@ -218,8 +219,8 @@ def test_join_failure_leaves_no_veth(plugin: Plugin) -> None:
     plugin.ok("/NetworkDriver.CreateNetwork", create_body())
     plugin.ok("/NetworkDriver.CreateEndpoint", endpoint_body())
 
-    class Boom(Exception):
-        http_status = 500
+    class Boom(Internal):
+        pass
 
     orig_put = plugin.store.put
 
@@ -438,8 +439,8 @@ def test_a_failed_create_network_in_local_scope_releases_its_vni() -> None:
     kernel = FakeKernel()
     plugin = make_plugin({"SCOPE": "local", "VNI_RANGE": "700-700"}, kernel=kernel)
 
-    class KernelDown(Exception):
-        http_status = 500
+    class KernelDown(Internal):
+        pass
 
     kernel.fail_next["ensure_network"] = KernelDown("netlink said no")
     status, reply = plugin.call("/NetworkDriver.CreateNetwork", create_body(vni=None))

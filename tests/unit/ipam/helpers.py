@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from ipaddress import ip_address, ip_network
 
+from core.iptypes import IPAddress, IPNetwork
 from ipam.config import IpamConfig
 from ipam.messages import (
     GATEWAY_TYPE,
     REQUEST_ADDRESS_TYPE,
     SERIAL_OPTION,
     AddressRequest,
-    IPAddress,
     PoolRequest,
 )
 from ipam.ports import KV
 from ipam.service import IpamService
-from ipam.subnets import IPNetwork
 from tests.unit.ipam.fakes import CasKV
 
 GLOBAL = IpamService.GLOBAL_SPACE

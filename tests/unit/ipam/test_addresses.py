@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ipam.errors import AddressInUse, AddressOutOfPool, Exhausted, UnknownPool
+from plugin.errors import status_of
 from tests.unit.ipam.fakes import CasKV
 from tests.unit.ipam.helpers import (
     GATEWAY,
@@ -59,7 +60,7 @@ def test_unusable_explicit_address_is_a_400_naming_it(want: str, message: str) -
     with pytest.raises(AddressOutOfPool) as e:
         address(svc, pid, want)
     assert str(e.value) == message
-    assert e.value.http_status == 400
+    assert status_of(e.value) == 400
     assert kv.snapshot() == before
 
 
@@ -116,7 +117,7 @@ def test_network_and_broadcast_are_never_handed_out() -> None:
         "no free address left in pool 10.1.2.0/29: remove a container from the network, "
         "or create the network with a larger --subnet"
     )
-    assert e.value.http_status == 507
+    assert status_of(e.value) == 507
 
 
 @pytest.mark.parametrize(
@@ -210,7 +211,7 @@ def test_an_endpoint_asking_for_the_gateway_address_is_a_409() -> None:
         "Address 10.1.2.1 is already in use: it is the gateway of pool 10.1.2.0/24; "
         "choose another --ip"
     )
-    assert e.value.http_status == 409
+    assert status_of(e.value) == 409
     assert kv.snapshot() == before
 
 
@@ -270,7 +271,7 @@ def test_request_address_from_an_unknown_pool_is_a_400_naming_poolid(pool_id: st
     before = kv.snapshot()
     with pytest.raises(UnknownPool, match=r"^PoolID ") as e:
         address(svc, pool_id)
-    assert e.value.http_status == 400
+    assert status_of(e.value) == 400
     assert kv.snapshot() == before
 
 

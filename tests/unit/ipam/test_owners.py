@@ -17,6 +17,7 @@ from ipam.config import IpamConfig
 from ipam.errors import AddressInUse, PoolOverlap
 from ipam.messages import MAC_OPTION
 from ipam.service import IpamService
+from plugin.errors import status_of
 from tests.unit.ipam.fakes import CasKV
 from tests.unit.ipam.helpers import GATEWAY, GLOBAL, LOCAL, SERIAL, address, pool, service
 
@@ -46,7 +47,7 @@ def test_a_second_container_asking_for_a_held_address_is_refused() -> None:
         "Address 10.99.0.5 is already in use by another container on this network "
         "(pool 10.99.0.0/24); choose another --ip, or leave --ip out to get a free address"
     )
-    assert e.value.http_status == 409
+    assert status_of(e.value) == 409
     assert kv.snapshot() == before
 
 
@@ -117,7 +118,7 @@ def test_standalone_refuses_a_second_network_with_the_same_subnet() -> None:
         "Pool 10.99.0.0/30 is already used by another network in this address space; "
         "give each network its own --subnet"
     )
-    assert e.value.http_status == 400
+    assert status_of(e.value) == 400
     with pytest.raises(PoolOverlap):
         pool(svc, "10.99.0.0/30", "10.99.0.0/31", space=LOCAL)
     assert kv.snapshot() == before

@@ -6,6 +6,7 @@ import pytest
 
 from ipam.errors import UnknownPool
 from ipam.poolid import PoolRef, decode
+from plugin.errors import status_of
 from tests.unit.ipam.helpers import net
 
 SPACES = ("SwarmnetLocal", "SwarmnetGlobal")
@@ -45,4 +46,4 @@ def test_ids_we_never_issued_are_rejected_naming_poolid(pool_id: str) -> None:
     with pytest.raises(UnknownPool) as e:
         decode(pool_id, SPACES)
     assert str(e.value).startswith("PoolID ")
-    assert e.value.http_status == 400
+    assert status_of(e.value) == 400

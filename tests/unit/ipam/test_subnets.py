@@ -7,7 +7,8 @@ from ipaddress import IPv4Network, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipam.subnets import IPNetwork, next_subnet, within
+from core.iptypes import IPNetwork
+from ipam.subnets import next_subnet, within
 
 
 def model_next(

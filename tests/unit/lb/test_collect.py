@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from driver.errors import Exhausted
+from core.errors import Exhausted
 from driver.lb import collect
 from driver.lb.collect import MarkTable, Target, assign_marks
 from driver.lb.model import MARK_MAX_INDEX, Backend, ServiceRecord, mark

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driver.kernel import xfrm_msg as wire
-from driver.kernel.port import IPAddress
+from core.iptypes import IPAddress
 from driver.kernel.xfrm import (
     Action,
     AeadKey,
@@ -31,6 +30,7 @@ from driver.kernel.xfrm import (
     Xfrm,
     XfrmError,
     XfrmUnsupported,
+    wire,
 )
 from tests.unit.xfrm.strace_fixture import load
 from tests.unit.xfrm.test_wire import K20, K36, POL_OUT, SA_A_B, SA_B_A_MARKED, SA_V6

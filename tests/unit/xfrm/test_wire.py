@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from driver.kernel import xfrm_msg as wire
-from driver.kernel.xfrm_types import (
+from driver.kernel.xfrm import wire
+from driver.kernel.xfrm.types import (
     Action,
     AeadKey,
     Direction,

@@ -1,7 +1,7 @@
 """Typed values for the xfrm (IPsec) module: SAs, policies, selectors, errors.
 
-Nothing here touches the kernel or pyroute2; ``xfrm_msg`` turns these values
-into NETLINK_XFRM bytes and back, and ``xfrm`` sends them.
+Nothing here touches the kernel or pyroute2; ``wire`` turns these values
+into NETLINK_XFRM bytes and back, and ``client`` sends them.
 
 Key material lives only in ``AeadKey.key``. Its ``repr`` and ``str`` show the
 length, never the bytes, and no error message built here mentions a key.
@@ -15,7 +15,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from driver.kernel.port import IPAddress, IPNetwork, KernelError
+from core.iptypes import IPAddress, IPNetwork
+from driver.kernel.port import KernelError
 
 IPPROTO_UDP = 17
 IPPROTO_ESP = 50

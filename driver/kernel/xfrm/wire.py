@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 from pyroute2.netlink import nla, nlmsg
 
-from driver.kernel.port import IPAddress, IPNetwork
-from driver.kernel.xfrm_types import (
+from core.iptypes import IPAddress, IPNetwork
+from driver.kernel.xfrm.types import (
     IPPROTO_ESP,
     Action,
     AeadKey,

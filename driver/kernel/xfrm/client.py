@@ -1,7 +1,7 @@
-"""IPsec SAs and policies through NETLINK_XFRM, typed, in any network namespace.
+"""The NETLINK_XFRM client: IPsec SAs and policies, typed, in any network namespace.
 
-pyroute2 has no xfrm SA/policy API, only the xfrm *link* kind, so this module
-builds the messages on pyroute2's netlink message classes (``xfrm_msg``) and
+pyroute2 has no xfrm SA/policy API, only the xfrm *link* kind, so this package
+builds the messages on pyroute2's netlink message classes (``wire``) and
 talks to the kernel over a plain blocking NETLINK_XFRM socket. We do not use
 pyroute2's socket classes: in 0.9 they run an asyncio loop, and their netns
 support forks a helper process and creates a namespace that does not exist.
@@ -22,9 +22,7 @@ kernel does not even echo a rejected request (and its key) back to us.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import ipaddress
 import os
 import secrets
 import socket
@@ -32,125 +30,59 @@ import struct
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
 
-from driver.kernel import xfrm_msg as wire
-from driver.kernel.xfrm_types import (
+from core.iptypes import IPAddress
+from driver.kernel import nsfs
+from driver.kernel.nsfs import NEW_NETNS
+from driver.kernel.xfrm import wire
+from driver.kernel.xfrm.types import (
     AEAD_RFC4106_GCM_AES,
     IPPROTO_ESP,
-    IPPROTO_UDP,
-    SPI_MIN,
-    Action,
-    AeadKey,
     Direction,
-    Mark,
-    Mode,
     Policy,
     PolicyId,
-    ProbeResult,
     SAId,
     SecurityAssociation,
-    Selector,
-    Template,
     XfrmError,
     XfrmUnsupported,
     is_gone,
 )
 
-__all__ = [
-    "AEAD_RFC4106_GCM_AES",
-    "IPPROTO_ESP",
-    "IPPROTO_UDP",
-    "NEW_NETNS",
-    "SPI_MIN",
-    "Action",
-    "AeadKey",
-    "Direction",
-    "Mark",
-    "Mode",
-    "Policy",
-    "PolicyId",
-    "ProbeResult",
-    "SAId",
-    "SecurityAssociation",
-    "Selector",
-    "Template",
-    "Xfrm",
-    "XfrmError",
-    "XfrmUnsupported",
-    "probe",
-]
-
 NETNS_RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 
-
-class _NewNetns:
-    """Marker: open the socket in a fresh namespace that lives as long as the socket."""
-
-    def __repr__(self) -> str:
-        return "NEW_NETNS"
+# None: the caller's namespace; a path, a name under /run/netns, an fd, or NEW_NETNS.
+Netns = str | os.PathLike[str] | int | nsfs.NewNetns | None
 
 
-NEW_NETNS: Final = _NewNetns()
-Netns = str | os.PathLike[str] | int | _NewNetns | None
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _in_netns_thread(netns: Netns, make: Callable[[], socket.socket]) -> socket.socket:
-    """Run ``make`` on a short-lived thread switched into ``netns``.
-
-    setns/unshare change only the calling thread, so the caller's namespace is
-    never touched, and the thread's namespace ends with the thread. A socket
-    keeps the namespace it was created in.
-    """
+def _in_netns(netns: Netns, make: Callable[[], socket.socket]) -> socket.socket:
+    """Run ``make`` in ``netns`` (``nsfs.run_in``); a failure to get there is an XfrmError."""
     if netns is None:
         return make()
-    fd = -1
-    opened = isinstance(netns, (str, os.PathLike))
+    opened = -1
+    target: int | nsfs.NewNetns
     if isinstance(netns, (str, os.PathLike)):
         path = os.fspath(netns)
         path = path if "/" in path else os.path.join(NETNS_RUN_DIR, path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            opened = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise XfrmError(exc.errno or errno.ENOENT, f"opening network namespace {path}") from exc
-    elif isinstance(netns, int):
-        fd = netns
-    result: list[socket.socket] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = _libc()
-            rc = libc.unshare(CLONE_NEWNET) if fd < 0 else libc.setns(fd, CLONE_NEWNET)
-            if rc != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            result.append(make())
-        except BaseException as exc:  # handed to the caller's thread below
-            failure.append(exc)
-
+        target = opened
+    else:
+        target = netns
     try:
-        thread = threading.Thread(target=run, name="xfrm-netns")
-        thread.start()
-        thread.join()
+        return nsfs.run_in(target, make)
+    except XfrmError:
+        raise
+    except OSError as exc:  # make() raises only XfrmErrors: this is setns or unshare
+        where = "a new network namespace" if netns is NEW_NETNS else f"network namespace {netns!r}"
+        raise XfrmError(exc.errno or errno.EIO, f"entering {where}") from exc
     finally:
-        if opened:
-            os.close(fd)
-    if failure:
-        problem = failure[0]
-        if isinstance(problem, OSError) and not isinstance(problem, XfrmError):
-            where = "a new network namespace" if fd < 0 else f"network namespace {netns!r}"
-            raise XfrmError(problem.errno or errno.EIO, f"entering {where}") from problem
-        raise problem
-    return result[0]
+        if opened >= 0:
+            os.close(opened)
 
 
 def _open_xfrm_socket() -> socket.socket:
@@ -206,7 +138,7 @@ class Xfrm:
     """
 
     def __init__(self, netns: Netns = None, *, timeout: float = 10.0) -> None:
-        self._sock = _in_netns_thread(netns, _open_xfrm_socket)
+        self._sock = _in_netns(netns, _open_xfrm_socket)
         self._sock.settimeout(timeout)
         self._lock = threading.Lock()
         self._seq = secrets.randbelow(1 << 30)
@@ -344,6 +276,13 @@ class Xfrm:
             errno.EEXIST, f"adding {sa}", "an SA with this SPI exists with other parameters"
         )
 
+    def add_null_esp_sa(self, src: IPAddress, dst: IPAddress, spi: int, reqid: int) -> None:
+        """An ESP SA with the null cipher: only the probe asks, to tell whether ESP exists."""
+        self._transact(
+            lambda seq: wire.encode_null_esp_sa(src, dst, spi, reqid, seq),
+            "probing ESP with a null cipher",
+        )
+
     def get_sa(self, sa_id: SAId) -> SecurityAssociation | None:
         what = f"reading {sa_id}"
         try:
@@ -456,74 +395,3 @@ def _decoded_policy(raw: bytes) -> Policy | None:
         return wire.decode_policy(raw)
     except ValueError:  # e.g. a template mode we never use: not ours
         return None
-
-
-# ---------------------------------------------------------------- probe
-
-_PROBE_SRC = ipaddress.IPv4Address("192.0.2.1")  # TEST-NET-1: never routed
-_PROBE_DST = ipaddress.IPv4Address("192.0.2.2")
-_PROBE_REQID = 0x70726F62  # "prob"
-
-
-def _esp_type_missing(x: Xfrm) -> bool | None:
-    """Whether the ESP type itself (esp4) is missing, tested with a null cipher.
-
-    When the AEAD is missing the kernel stops at the algorithm check and never
-    says whether ESP exists; a null-cipher ESP SA gets past it. None: could
-    not tell (the null cipher is missing too).
-    """
-    what = "probing ESP with a null cipher"
-    spi = SPI_MIN + secrets.randbelow(0x7FFFFFFF)
-    try:
-        x._transact(
-            lambda seq: wire.encode_null_esp_sa(_PROBE_SRC, _PROBE_DST, spi, _PROBE_REQID, seq),
-            what,
-        )
-    except XfrmError as exc:
-        if exc.errno == errno.EPROTONOSUPPORT:
-            return True
-        return None
-    x.delete_sa(SAId(_PROBE_SRC, _PROBE_DST, spi))
-    return False
-
-
-def probe(netns: Netns = NEW_NETNS) -> ProbeResult:
-    """Can this kernel install an ESP transport SA with rfc4106(gcm(aes))?
-
-    Installs one with a random throwaway key in a fresh network namespace
-    (which vanishes with the socket, so nothing can be left behind) and
-    deletes it. Without CAP_SYS_ADMIN for a new namespace it probes in the
-    current one instead (or pass ``netns=None``): the SA uses TEST-NET
-    addresses and a random SPI, has no policy pointing at it, and is deleted
-    at once.
-    """
-    try:
-        x = Xfrm(netns)
-    except XfrmUnsupported as exc:
-        return ProbeResult(False, exc.missing, str(exc))
-    except XfrmError as exc:
-        if not (netns is NEW_NETNS and exc.errno == errno.EPERM):
-            raise
-        return probe(None)  # no CAP_SYS_ADMIN for a namespace of our own
-    with x:
-        sa = SecurityAssociation(
-            src=_PROBE_SRC,
-            dst=_PROBE_DST,
-            # Random, so a probe in a shared namespace never meets another's SA.
-            spi=SPI_MIN + secrets.randbelow(0x7FFFFFFF),
-            reqid=_PROBE_REQID,
-            aead=AeadKey(secrets.token_bytes(20), 64),
-            mode=Mode.TRANSPORT,
-        )
-        try:
-            x.add_sa(sa)
-        except XfrmUnsupported as exc:
-            missing = list(exc.missing)
-            if "esp4" not in missing and _esp_type_missing(x):
-                missing.append("esp4")
-            final = XfrmUnsupported(exc.errno, exc.what, tuple(missing), exc.kernel_message)
-            return ProbeResult(False, final.missing, str(final))
-        except XfrmError as exc:
-            return ProbeResult(False, (), str(exc))
-        x.delete_sa(sa.id)
-    return ProbeResult(True)

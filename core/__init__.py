@@ -1,0 +1,1 @@
+"""What driver, ipam and plugin share: IP types and error kinds. It imports nothing of ours."""
