@@ -40,7 +40,7 @@ BUILD   := build
 WHEELS  := $(BUILD)/wheels
 CONTEXT := $(BUILD)/context
 BUNDLE  := $(BUILD)/plugin
-SOURCES := $(shell find plugin driver ipam -name '*.py' 2>/dev/null) pyproject.toml
+SOURCES := $(shell find core plugin driver ipam -name '*.py' 2>/dev/null) pyproject.toml
 
 export DOCKER PYTHON BASE_CACHE
 
@@ -119,7 +119,7 @@ push: plugin
 # --- tests ---
 
 lint: venv
-	$(PYTHON) -m ruff check plugin driver ipam tests bench
+	$(PYTHON) -m ruff check core plugin driver ipam tests bench
 	$(PYTHON) -m mypy
 
 test-unit: venv

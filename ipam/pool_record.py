@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from typing import Any
 
-from ipam import records, spans
+from ipam import record_json, spans
 from ipam.errors import AddressInUse, AddressOutOfPool, CorruptRecord, Exhausted
 from ipam.messages import IPAddress
 from ipam.subnets import IPNetwork
@@ -51,7 +51,7 @@ class PoolRecord:
     owners: Mapping[int, str] = field(default_factory=dict)  # offset -> endpoint MAC
 
     def encode(self) -> bytes:
-        return records.dump(
+        return record_json.dump(
             {
                 "pool": str(self.pool),
                 "inc": self.incarnation,
@@ -65,7 +65,7 @@ class PoolRecord:
 
     @classmethod
     def decode(cls, raw: bytes, what: str) -> PoolRecord:
-        obj: dict[str, Any] = records.load(raw, what)
+        obj: dict[str, Any] = record_json.load(raw, what)
         try:
             holders = obj["holders"]
             if not isinstance(holders, dict):
@@ -75,9 +75,9 @@ class PoolRecord:
             # Records written before owners were kept have none.
             owners = {int(k): str(v) for k, v in dict(obj.get("owners") or {}).items()}
             rec = cls(
-                pool=records.network(str(obj["pool"])),
+                pool=record_json.network(str(obj["pool"])),
                 incarnation=str(obj["inc"]),
-                holders={str(k): records.string_map(v, what) for k, v in holders.items()},
+                holders={str(k): record_json.string_map(v, what) for k, v in holders.items()},
                 used=used,
                 gateway=None if gw is None else int(gw),
                 cursor=int(obj["next"]),

@@ -1,0 +1,1 @@
+"""What ``driver``, ``ipam`` and ``plugin`` share and none of them owns: the store's key scheme."""
