@@ -25,11 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.layout import StoreLayout
 from ipam.config import IpamConfig
 from ipam.errors import Exhausted
 from ipam.messages import SERIAL_OPTION, AddressRequest, PoolRequest
-from ipam.ports import KV
 from ipam.service import IpamService
+from ipam.store_port import KV
+from plugin.app import STORE_ROOT
 
 
 @contextmanager
@@ -55,6 +57,7 @@ def make_service(kv: KV, pools: str) -> IpamService:
     return IpamService(
         local=kv,
         shared=kv,
+        layout=StoreLayout(STORE_ROOT),
         config=IpamConfig.from_strings(pools, "24"),
         host_networks=lambda: [],
     )

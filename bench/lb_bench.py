@@ -54,6 +54,7 @@ from typing import Any
 
 from pyroute2 import IPVS, IPRoute
 
+from core.layout import StoreLayout
 from driver.kernel import lb_ipvs, lb_nft, nsfs
 from driver.kernel.lb import NetlinkLoadBalancer
 from driver.lb.model import (
@@ -65,11 +66,13 @@ from driver.lb.model import (
     virtual_service,
 )
 from driver.lb.programmer import LoadBalancing
-from driver.records import EndpointRecord, endpoint_key
+from driver.records import EndpointRecord, encode
+from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
 from plugin.store.sqlite import SqliteKV
 
 IP = ipaddress.IPv4Address
+LAYOUT = StoreLayout(STORE_ROOT)
 PREFIX = 24
 CLIENT_IP = IP("10.99.0.10")
 BACKEND_IPS = (IP("10.99.0.11"), IP("10.99.0.12"), IP("10.99.0.13"))
@@ -398,9 +401,13 @@ def join_sandboxes(scratch: Scratch, local: SqliteKV, prefix: str, count: int) -
             mac=f"02:42:0a:63:01:{i:02x}",
             address=ipaddress.ip_interface(f"10.99.1.{10 + i}/24"),
         ).with_join(str(path))
-        local.put(endpoint_key(NETWORK, ep.endpoint_id), ep.to_json())
+        local.put(LAYOUT.endpoint(NETWORK, ep.endpoint_id), encode(ep))
         out.append(path)
     return out
+
+
+def key(rec: ServiceRecord) -> str:
+    return LAYOUT.lb_service(rec.network_id, rec.service_id)
 
 
 def record(
@@ -454,8 +461,9 @@ def bench_delay(scratch: Scratch, sandboxes: int, reps: int, seed: int) -> dict[
     read_cost = [(time.perf_counter() - start) / len(paths) * 1000]
     vip, fwmark = IP("10.99.9.100"), mark(1)
     backends = [IP(f"10.99.8.{i}") for i in (1, 2, 3)]
-    shared.put(record(SERVICE, vip, 1, backends).key(), record(SERVICE, vip, 1, backends).to_json())
-    programmer = LoadBalancing(stamped, local, shared)
+    first = record(SERVICE, vip, 1, backends)
+    shared.put(key(first), first.to_json())
+    programmer = LoadBalancing(stamped, local, shared, layout=LAYOUT)
     programmer.start()
     rows: dict[str, list[dict[str, float]]] = {"poll": [], "nudge": []}
     try:
@@ -473,7 +481,7 @@ def bench_delay(scratch: Scratch, sandboxes: int, reps: int, seed: int) -> dict[
             if mode == "poll":
                 time.sleep(rng.uniform(0, programmer.poll_interval))  # a random poll phase
             start = time.perf_counter()
-            shared.put(rec.key(), rec.to_json())
+            shared.put(key(rec), rec.to_json())
             if mode == "nudge":
                 programmer.nudge()
             deadline = start + WAIT
@@ -537,10 +545,10 @@ def bench_scale(scratch: Scratch, sandboxes: int, services: int, repeats: int) -
         for i in range(services)
     ]
     for rec in recs:
-        shared.put(rec.key(), rec.to_json())
+        shared.put(key(rec), rec.to_json())
     lb = NetlinkLoadBalancer()
     rss_before = vm_rss_kib()
-    programmer = LoadBalancing(lb, local, shared)
+    programmer = LoadBalancing(lb, local, shared, layout=LAYOUT)
     try:
         start = time.perf_counter()
         programmer.sync()
@@ -552,7 +560,7 @@ def bench_scale(scratch: Scratch, sandboxes: int, services: int, repeats: int) -
             rec = recs[0]
             moved = [IP(f"10.97.{services}.{rep + 1}"), *[b.ip for b in rec.backends[1:]]]
             recs[0] = record(rec.service_id, rec.vip, 1, moved, name=rec.name)
-            shared.put(recs[0].key(), recs[0].to_json())
+            shared.put(key(recs[0]), recs[0].to_json())
             start = time.perf_counter()
             programmer.sync()
             changed.append((time.perf_counter() - start) * 1000)

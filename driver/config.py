@@ -35,3 +35,7 @@ class DriverConfig:
     mtu: int | None = None  # the underlay MTU to assume; None = read it from the kernel
     data_path_addr: IPAddress | None = None  # overrides DiscoverNew's Self address
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+
+    def vxlan_port_for(self, encrypted: bool) -> int:
+        # Encrypted networks get their own port: xfrm policies select by port, not VNI.
+        return self.encryption.port if encrypted else self.vxlan_port

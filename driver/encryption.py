@@ -60,7 +60,6 @@ from driver.kernel.xfrm.types import (
     Template,
     XfrmUnsupported,
 )
-from driver.ports import KV
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +154,15 @@ class Encryption:
     def __init__(
         self,
         ipsec: Ipsec,
-        shared: KV,
+        store: IpsecStore,
         local_vtep: Callable[[], IPAddress | None],
         settings: EncryptionConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        store: IpsecStore | None = None,
     ) -> None:
         self.ipsec = ipsec
         self.settings = settings or EncryptionConfig()
-        self.store = store or IpsecStore(shared)
+        self.store = store
         self._local_vtep = local_vtep
         self._clock = clock
         self._lock = threading.RLock()

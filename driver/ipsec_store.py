@@ -1,12 +1,12 @@
 """IPsec state in the shared store (SQLite on one host, etcd across hosts).
 
-    /swarmnet/v1/ipsec/keys          the key ring: live generations with their master secrets
-    /swarmnet/v1/ipsec/nodes         node index table: VTEP address -> 12-bit index
-    /swarmnet/v1/ipsec/acks/<vtep>   what each node has installed and what it sends with
+Three kinds of key (``core.layout``): the key ring (live generations with their
+master secrets), the node index table (VTEP address -> 12-bit index), and one
+acknowledgement per node (what it has installed and what it sends with).
 
 Every change to a shared document goes through ``KV.update`` (compare-and-swap),
 so concurrent nodes agree on one key ring and one index per node. Anyone who
-can read ``/swarmnet/v1/ipsec/keys`` can derive every key: see docs/encryption.md.
+can read the key ring (``<root>/ipsec/keys``) can derive every key: see docs/encryption.md.
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import Conflict, Exhausted
+from core.layout import StoreLayout
 from driver.ipsec_keys import MASTER_BYTES, Ack, Generation, KeyRing, claim_index, load_indexes
-from driver.ports import KV
-from driver.records import ROOT
-
-IPSEC_ROOT = f"{ROOT}/ipsec"
-KEYS_KEY = f"{IPSEC_ROOT}/keys"
-NODES_KEY = f"{IPSEC_ROOT}/nodes"
-ACKS_PREFIX = f"{IPSEC_ROOT}/acks/"
-
-
-def ack_key(vtep: str) -> str:
-    return ACKS_PREFIX + vtep
+from driver.store_port import KV
 
 
 @dataclass(frozen=True)
@@ -41,11 +32,13 @@ class IpsecStore:
     def __init__(
         self,
         kv: KV,
+        layout: StoreLayout,
         *,
         wallclock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._kv = kv
+        self._keys = layout
         self._now = wallclock
         self._random = random_bytes
         self._indexes: dict[str, int] = {}  # claims are never changed or released: cacheable
@@ -53,7 +46,7 @@ class IpsecStore:
     # -- key ring ------------------------------------------------------------
 
     def keyring(self) -> KeyRing | None:
-        raw = self._kv.get(KEYS_KEY)
+        raw = self._kv.get(self._keys.ipsec_keys)
         return None if raw is None else KeyRing.from_json(raw)
 
     def ensure_keyring(self) -> KeyRing:
@@ -68,7 +61,7 @@ class IpsecStore:
                 return raw  # another node made it first: use theirs
             return KeyRing((Generation(1, master, now),)).to_json()
 
-        made = self._kv.update(KEYS_KEY, make)
+        made = self._kv.update(self._keys.ipsec_keys, make)
         assert made is not None
         return KeyRing.from_json(made)
 
@@ -98,7 +91,7 @@ class IpsecStore:
             seen.append(ring.newest.number)
             return ring.rotated(master, now).to_json()
 
-        raw = self._kv.update(KEYS_KEY, change)
+        raw = self._kv.update(self._keys.ipsec_keys, change)
         assert raw is not None
         return Rotation(previous=seen[0], current=KeyRing.from_json(raw).newest.number)
 
@@ -124,7 +117,7 @@ class IpsecStore:
             rotated.append(Rotation(current.newest.number, new.newest.number))
             return new.to_json()
 
-        self._kv.update(KEYS_KEY, change)
+        self._kv.update(self._keys.ipsec_keys, change)
         return rotated[0] if rotated else None
 
     # -- node indexes ----------------------------------------------------------
@@ -133,7 +126,7 @@ class IpsecStore:
         """Index of each VTEP, claiming the missing ones (for any node: claims are by address)."""
         if vteps <= set(self._indexes):
             return {v: self._indexes[v] for v in vteps}
-        table = load_indexes(self._kv.get(NODES_KEY))
+        table = load_indexes(self._kv.get(self._keys.ipsec_nodes))
         for vtep in sorted(vteps - set(table)):
 
             def claim(raw: bytes | None, vtep: str = vtep) -> bytes:
@@ -142,7 +135,7 @@ class IpsecStore:
                 except ValueError as e:
                     raise Exhausted(str(e)) from None
 
-            table = load_indexes(self._kv.update(NODES_KEY, claim))
+            table = load_indexes(self._kv.update(self._keys.ipsec_nodes, claim))
         self._indexes = table
         return {v: table[v] for v in vteps}
 
@@ -150,12 +143,12 @@ class IpsecStore:
 
     def acks(self) -> dict[str, Ack]:
         return {
-            key[len(ACKS_PREFIX) :]: Ack.from_json(raw)
-            for key, raw in self._kv.list(ACKS_PREFIX).items()
+            key[len(self._keys.ipsec_acks) :]: Ack.from_json(raw)
+            for key, raw in self._kv.list(self._keys.ipsec_acks).items()
         }
 
     def put_ack(self, vtep: str, ack: Ack) -> None:
-        self._kv.put(ack_key(vtep), ack.to_json())
+        self._kv.put(self._keys.ipsec_ack(vtep), ack.to_json())
 
     def delete_ack(self, vtep: str) -> None:
-        self._kv.delete(ack_key(vtep))
+        self._kv.delete(self._keys.ipsec_ack(vtep))

@@ -14,6 +14,22 @@ from core.iptypes import IPAddress, IPInterface, IPNetwork
 
 _EMPTY: Mapping[str, IPInterface] = MappingProxyType({})
 
+# The driver options we read (``-o`` on ``docker network create``).
+OPT_VNI = "swarmnet.vni"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ENCRYPTED = "encrypted"
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """A network's driver options, checked and parsed once, by the codec."""
+
+    # As given: stored with the network, and returned by AllocateNetwork with the VNI added.
+    raw: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    vni: int | None = None  # swarmnet.vni: chosen by AllocateNetwork (or by the user)
+    mtu: int | None = None  # None: the underlay's MTU less the VXLAN overhead
+    encrypted: bool = False
+
 
 @dataclass(frozen=True)
 class IPData:
@@ -28,7 +44,7 @@ class IPData:
 @dataclass(frozen=True)
 class AllocateNetwork:
     network_id: str
-    options: Mapping[str, str]
+    options: NetworkOptions
     ipv4: tuple[IPData, ...] = ()
     ipv6: tuple[IPData, ...] = ()
 
@@ -38,7 +54,7 @@ class CreateNetwork:
     network_id: str
     # The driver options: what the user gave with -o, plus what AllocateNetwork
     # added, as they arrive under com.docker.network.generic.
-    options: Mapping[str, str]
+    options: NetworkOptions
     ipv4: tuple[IPData, ...] = ()
     ipv6: tuple[IPData, ...] = ()
     internal: bool = False

@@ -1,51 +1,23 @@
-"""What the driver persists, and under which keys.
+"""What the driver persists about this host, and the one codec that reads and writes it.
 
-Keys are versioned. Node-local facts (which networks and endpoints exist on
-this host) go to the local store; facts every node must agree on (VNIs) go to
-the shared store, which is the same embedded store on one host and etcd across hosts.
+Records are JSON objects with a format version, ``"v": 1``, as IPAM's are. A record
+without ``"v"`` was written before records had one and reads as version 1; a
+newer version is refused rather than guessed at. Keys come from ``core.layout``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
+from core.errors import Internal
 from core.iptypes import IPAddress, IPInterface
 
-ROOT = "/swarmnet/v1"
-VNI_KEY = f"{ROOT}/vni"
-NODE_KEY = f"{ROOT}/local/node"
-
-
-NETWORKS_PREFIX = f"{ROOT}/local/networks/"
-# Encrypted swarm networks this node refused (its kernel has no ESP): the reason, which
-# every CreateEndpoint and Join on them answers with (see NetworkDriverService).
-REFUSED_PREFIX = f"{ROOT}/local/refused/"
-ENDPOINTS_PREFIX = f"{ROOT}/local/endpoints/"
-
-
-def refused_key(network_id: str) -> str:
-    return f"{REFUSED_PREFIX}{network_id}"
-
-
-def network_key(network_id: str) -> str:
-    return NETWORKS_PREFIX + network_id
-
-
-def endpoint_prefix(network_id: str) -> str:
-    return f"{ENDPOINTS_PREFIX}{network_id}/"
-
-
-def endpoint_key(network_id: str, endpoint_id: str) -> str:
-    return endpoint_prefix(network_id) + endpoint_id
-
-
-def _iface(value: str | None) -> IPInterface | None:
-    return None if not value else ipaddress.ip_interface(value)
+FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -57,33 +29,6 @@ class NetworkRecord:
     encrypted: bool = False
     gateways: tuple[IPInterface, ...] = ()
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "network_id": self.network_id,
-                "vni": self.vni,
-                "mtu": self.mtu,
-                "internal": self.internal,
-                "encrypted": self.encrypted,
-                "gateways": [str(g) for g in self.gateways],
-                "options": dict(self.options),
-            },
-            sort_keys=True,
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> NetworkRecord:
-        d: dict[str, Any] = json.loads(raw)
-        return cls(
-            network_id=d["network_id"],
-            vni=int(d["vni"]),
-            mtu=int(d["mtu"]),
-            internal=bool(d.get("internal", False)),
-            encrypted=bool(d.get("encrypted", False)),
-            gateways=tuple(ipaddress.ip_interface(g) for g in d.get("gateways", [])),
-            options=MappingProxyType(dict(d.get("options", {}))),
-        )
 
 
 @dataclass(frozen=True)
@@ -102,45 +47,82 @@ class EndpointRecord:
     def with_leave(self) -> EndpointRecord:
         return replace(self, joined=False, sandbox_key="")
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "network_id": self.network_id,
-                "endpoint_id": self.endpoint_id,
-                "mac": self.mac,
-                "address": str(self.address) if self.address else None,
-                "address_v6": str(self.address_v6) if self.address_v6 else None,
-                "joined": self.joined,
-                "sandbox_key": self.sandbox_key,
-            },
-            sort_keys=True,
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> EndpointRecord:
-        d: dict[str, Any] = json.loads(raw)
-        return cls(
-            network_id=d["network_id"],
-            endpoint_id=d["endpoint_id"],
-            mac=d["mac"],
-            address=_iface(d.get("address")),
-            address_v6=_iface(d.get("address_v6")),
-            joined=bool(d.get("joined", False)),
-            sandbox_key=d.get("sandbox_key", ""),
-        )
-
 
 @dataclass(frozen=True)
-class NodeRecord:
-    """This host's identity on the underlay, learned from DiscoverNew."""
+class VtepRecord:
+    """This host's address on the underlay, learned from DiscoverNew."""
 
     vtep: IPAddress | None = None
 
-    def to_json(self) -> bytes:
-        return json.dumps({"vtep": str(self.vtep) if self.vtep else None}).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> NodeRecord:
-        d: dict[str, Any] = json.loads(raw)
-        vtep = d.get("vtep")
-        return cls(vtep=ipaddress.ip_address(vtep) if vtep else None)
+class CorruptRecord(Internal):
+    """A stored record this version cannot read."""
+
+
+# -- the codec -------------------------------------------------------------------
+
+R = TypeVar("R", NetworkRecord, EndpointRecord, VtepRecord)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    dump: Callable[[Any], Any]
+    load: Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+_INTERFACE = _Kind(_text_or_none, lambda v: ipaddress.ip_interface(v) if v else None)
+_ADDRESS = _Kind(_text_or_none, lambda v: ipaddress.ip_address(v) if v else None)
+_INTERFACES = _Kind(
+    lambda v: [str(i) for i in v], lambda v: tuple(ipaddress.ip_interface(i) for i in v)
+)
+_STRINGS = _Kind(dict, lambda v: MappingProxyType(dict(v)))
+_PLAIN = _Kind(_same, _same)
+
+# Fields that are not plain JSON values; the rest are stored as they are.
+_KINDS: dict[type, dict[str, _Kind]] = {
+    NetworkRecord: {
+        "vni": _Kind(int, int),
+        "mtu": _Kind(int, int),
+        "internal": _Kind(bool, bool),
+        "encrypted": _Kind(bool, bool),
+        "gateways": _INTERFACES,
+        "options": _STRINGS,
+    },
+    EndpointRecord: {
+        "address": _INTERFACE,
+        "address_v6": _INTERFACE,
+        "joined": _Kind(bool, bool),
+    },
+    VtepRecord: {"vtep": _ADDRESS},
+}
+
+
+def encode(record: NetworkRecord | EndpointRecord | VtepRecord) -> bytes:
+    kinds = _KINDS[type(record)]
+    obj = {f.name: kinds.get(f.name, _PLAIN).dump(getattr(record, f.name)) for f in fields(record)}
+    return json.dumps({"v": FORMAT, **obj}, sort_keys=True).encode()
+
+
+def decode(cls: type[R], raw: bytes) -> R:
+    """The record in ``raw``; fields it lacks take their defaults (older writers had fewer)."""
+    what = cls.__name__
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise CorruptRecord(f"store: a {what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"store: a {what} is not a JSON object")
+    version = obj.get("v", FORMAT)  # no "v": written before records had a version
+    if version != FORMAT:
+        raise CorruptRecord(f"store: a {what} has format {version}, newer than this version")
+    kinds = _KINDS[cls]
+    given = [f.name for f in fields(cls) if f.name in obj]
+    return cls(**{name: kinds.get(name, _PLAIN).load(obj[name]) for name in given})

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 from core.errors import Conflict, Exhausted
 from driver import names
-from driver.errors import InvalidArgument
-from driver.ports import KV
-from driver.records import VNI_KEY
+from driver.store_port import KV
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +48,10 @@ def next_free(used: set[int], lo: int, hi: int, cursor: int) -> int | None:
     return None
 
 
-def parse_vni(value: str, field: str) -> int:
-    try:
-        vni = int(value, 10)
-    except ValueError:
-        raise InvalidArgument(
-            f"{field}: {names.cut(value)} is not a VNI (an integer 1-{VNI_MAX})"
-        ) from None
-    if not 1 <= vni <= VNI_MAX:
-        raise InvalidArgument(f"{field}: VNI {vni} is outside 1-{VNI_MAX}")
-    return vni
-
-
 class VniAllocator:
-    def __init__(self, store: KV, vni_range: tuple[int, int]) -> None:
-        self._store = store
+    def __init__(self, store: KV, key: str, vni_range: tuple[int, int]) -> None:
         self.store = store
+        self.key = key  # the table's one key (core.layout: <root>/vni)
         self._lo, self._hi = vni_range
 
     def allocate(self, network_id: str, requested: int | None = None) -> int:
@@ -93,16 +79,16 @@ class VniAllocator:
                 vni, cursor = found, found
             return VniTable({**table.by_network, network_id: vni}, cursor).dump()
 
-        raw = self._store.update(VNI_KEY, change)
+        raw = self.store.update(self.key, change)
         assert raw is not None
         return VniTable.load(raw).by_network[network_id]
 
     def owners(self) -> list[str]:
         """Every network ID that holds a VNI."""
-        return sorted(VniTable.load(self._store.get(VNI_KEY)).by_network)
+        return sorted(VniTable.load(self.store.get(self.key)).by_network)
 
     def lookup(self, network_id: str) -> int | None:
-        return VniTable.load(self._store.get(VNI_KEY)).by_network.get(network_id)
+        return VniTable.load(self.store.get(self.key)).by_network.get(network_id)
 
     def release(self, network_id: str) -> int | None:
         released: list[int] = []
@@ -116,5 +102,5 @@ class VniAllocator:
             released.append(rest.pop(network_id))
             return VniTable(rest, table.cursor).dump()
 
-        self._store.update(VNI_KEY, change)
+        self.store.update(self.key, change)
         return released[0] if released else None

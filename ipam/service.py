@@ -12,11 +12,9 @@ requests, threads or managers never hand out the same subnet or address. The
 service keeps no state of its own: a new instance over the same stores behaves
 exactly like the old one.
 
-Store layout (``<space>`` is ``local`` or ``global``)::
-
-    /swarmnet/v1/ipam/<space>/index               every pool of the space (pools.PoolIndex)
-    /swarmnet/v1/ipam/<space>/pools/<net>_<len>   one pool's holders and addresses
-                                                  (addresses.PoolRecord)
+Per space (``local`` or ``global``), ``core.layout`` names two kinds of key: the
+space's index (``pool_index.PoolIndex``) and one record per pool
+(``pool_record.PoolRecord``).
 """
 
 from __future__ import annotations
@@ -29,18 +27,17 @@ from ipaddress import ip_interface, ip_network
 from typing import TypeVar
 
 from core.iptypes import IPAddress, IPInterface, IPNetwork
-from ipam import addresses, pools, spans
-from ipam.addresses import PoolRecord
+from core.layout import StoreLayout
+from ipam import pool_index, pool_record, spans
 from ipam.config import IpamConfig
 from ipam.errors import AddressOutOfPool, InvalidRequest, PoolOverlap, UnknownPool
 from ipam.messages import SERIAL_OPTION, AddressGrant, AddressRequest, PoolGrant, PoolRequest
+from ipam.pool_record import PoolRecord
 from ipam.poolid import PoolRef, decode
-from ipam.ports import KV
+from ipam.store_port import KV
 from ipam.subnets import within
 
 log = logging.getLogger(__name__)
-
-KEY_ROOT = "/swarmnet/v1/ipam"
 
 T = TypeVar("T")
 
@@ -50,13 +47,14 @@ class _Space:
     name: str
     kv: KV
     key: str
+    layout: StoreLayout
 
     @property
     def index_key(self) -> str:
-        return f"{KEY_ROOT}/{self.key}/index"
+        return self.layout.ipam_index(self.key)
 
     def pool_key(self, net: IPNetwork) -> str:
-        return f"{KEY_ROOT}/{self.key}/pools/{str(net).replace('/', '_')}"
+        return self.layout.ipam_pool(self.key, str(net))
 
 
 def _update(kv: KV, key: str, step: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
@@ -84,6 +82,7 @@ class IpamService:
         *,
         local: KV,
         shared: KV,
+        layout: StoreLayout,
         config: IpamConfig,
         host_networks: Callable[[], Iterable[IPNetwork]],
         new_incarnation: Callable[[], str] = lambda: secrets.token_hex(6),
@@ -92,13 +91,13 @@ class IpamService:
         self._host_networks = host_networks
         self._new_incarnation = new_incarnation
         self._spaces = {
-            self.LOCAL_SPACE: _Space(self.LOCAL_SPACE, local, "local"),
-            self.GLOBAL_SPACE: _Space(self.GLOBAL_SPACE, shared, "global"),
+            self.LOCAL_SPACE: _Space(self.LOCAL_SPACE, local, "local", layout),
+            self.GLOBAL_SPACE: _Space(self.GLOBAL_SPACE, shared, "global", layout),
         }
         # The last pool index read or written per space, with its bytes: a pure
         # memo (same bytes, same index) that spares decoding thousands of pools
         # when nobody else wrote in between.
-        self._index_memo: dict[str, tuple[bytes, pools.PoolIndex]] = {}
+        self._index_memo: dict[str, tuple[bytes, pool_index.PoolIndex]] = {}
 
     # -- GetCapabilities, GetDefaultAddressSpaces ---------------------------------
 
@@ -161,7 +160,7 @@ class IpamService:
             rec = PoolRecord.decode(current, key)
             if ref.sub_key not in rec.holders:
                 return current, None
-            rest = addresses.without_holder(rec, ref.sub_key)
+            rest = pool_record.without_holder(rec, ref.sub_key)
             return (None, rec) if rest is None else (rest.encode(), "kept")
 
         gone = _update(space.kv, key, step)
@@ -181,10 +180,10 @@ class IpamService:
         space = self._spaces[ref.space]
         key = space.pool_key(ref.pool)
         if req.address is not None:
-            addresses.offset_of(ref.pool, req.address)  # bad input fails before the store
+            pool_record.offset_of(ref.pool, req.address)  # bad input fails before the store
         serial_option = req.options.get(SERIAL_OPTION)
 
-        def step(current: bytes | None) -> tuple[bytes | None, addresses.Outcome]:
+        def step(current: bytes | None) -> tuple[bytes | None, pool_record.Outcome]:
             rec = self._held(current, key, ref)
             # The request's option wins; otherwise the pool's (--ipam-opt) applies.
             serial = (
@@ -192,7 +191,7 @@ class IpamService:
                 if serial_option is not None
                 else (rec.holders[ref.sub_key].get(SERIAL_OPTION))
             )
-            out = addresses.allocate(
+            out = pool_record.allocate(
                 rec,
                 sub_pool=ref.sub_pool,
                 explicit=req.address,
@@ -203,7 +202,7 @@ class IpamService:
             return (current if out.record is rec else out.record.encode()), out
 
         out = _update(space.kv, key, step)
-        address = addresses.address_at(ref.pool, out.offset)
+        address = pool_record.address_at(ref.pool, out.offset)
         kind = "gateway" if req.is_gateway else "address"
         if out.replayed:
             log.debug("RequestAddress %s: %s %s was allocated, granted again", ref, kind, address)
@@ -216,7 +215,7 @@ class IpamService:
         space = self._spaces[ref.space]
         key = space.pool_key(ref.pool)
         try:
-            off = addresses.offset_of(ref.pool, address)
+            off = pool_record.offset_of(ref.pool, address)
         except AddressOutOfPool:
             if address.version == ref.pool.version and address in ref.pool:
                 log.info("ReleaseAddress %s: %s is never allocated", ref, address)
@@ -228,7 +227,7 @@ class IpamService:
         def step(current: bytes | None) -> tuple[bytes | None, bool]:
             if current is None:
                 return None, False
-            rec, was = addresses.release(PoolRecord.decode(current, key), off)
+            rec, was = pool_record.release(PoolRecord.decode(current, key), off)
             return (rec.encode() if was else current), was
 
         if _update(space.kv, key, step):
@@ -257,13 +256,13 @@ class IpamService:
             raise UnknownPool(f"PoolID {ref} is not allocated (released, or never requested)")
         return rec
 
-    def _index(self, space: _Space, current: bytes | None) -> pools.PoolIndex:
+    def _index(self, space: _Space, current: bytes | None) -> pool_index.PoolIndex:
         if current is None:
-            return pools.PoolIndex()
+            return pool_index.PoolIndex()
         memo = self._index_memo.get(space.key)
         if memo is not None and (memo[0] is current or memo[0] == current):
             return memo[1]
-        index = pools.PoolIndex.decode(current, space.index_key)
+        index = pool_index.PoolIndex.decode(current, space.index_key)
         self._index_memo[space.key] = (current, index)
         return index
 
@@ -275,9 +274,9 @@ class IpamService:
 
         def step(
             current: bytes | None,
-        ) -> tuple[bytes | None, tuple[IPNetwork, bytes, pools.PoolIndex]]:
+        ) -> tuple[bytes | None, tuple[IPNetwork, bytes, pool_index.PoolIndex]]:
             index = self._index(space, current)
-            new, net = pools.reserve_dynamic(index, defaults, mask, host, inc)
+            new, net = pool_index.reserve_dynamic(index, defaults, mask, host, inc)
             raw = new.encode()
             return raw, (net, raw, new)
 
@@ -290,7 +289,7 @@ class IpamService:
 
         def step(current: bytes | None) -> tuple[bytes | None, tuple[str, bool]]:
             index = self._index(space, current)
-            new, inc, created = pools.reserve_explicit(index, net, fresh)
+            new, inc, created = pool_index.reserve_explicit(index, net, fresh)
             return (new.encode() if created else current), (inc, created)
 
         inc, created = _update(space.kv, space.index_key, step)
@@ -299,7 +298,7 @@ class IpamService:
     def _unreserve(self, space: _Space, net: IPNetwork, inc: str) -> None:
         def step(current: bytes | None) -> tuple[bytes | None, None]:
             index = self._index(space, current)
-            new = pools.unreserve(index, net, inc)
+            new = pool_index.unreserve(index, net, inc)
             return (current if new is index else new.encode()), None
 
         _update(space.kv, space.index_key, step)
@@ -313,7 +312,7 @@ class IpamService:
             if rec is None or rec.incarnation != inc:
                 # New pool, or leftovers of an earlier pool with the same subnet.
                 rec = PoolRecord(pool=ref.pool, incarnation=inc)
-            return addresses.with_holder(rec, ref.sub_key, opts).encode(), None
+            return pool_record.with_holder(rec, ref.sub_key, opts).encode(), None
 
         _update(space.kv, key, step)
 

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from core.layout import StoreLayout
 from driver.encryption import NoIpsec
 from driver.kernel.ipsec_port import Ipsec
 from driver.kernel.port import Kernel
 from driver.lb.port import LoadBalancer
 from driver.lb.programmer import LoadBalancing, sandbox_locator
 from driver.peers import ControlPlane
-from driver.ports import KV
 from driver.service import NetworkDriverService
+from driver.store_port import KV
 from ipam.config import IpamConfig
 from ipam.service import IpamService
 from plugin import admin, errors, routes
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # bytes
+# Where every key lives (core.layout): versioned, so a new layout can sit beside the old.
+STORE_ROOT = "/swarmnet/v1"
 
 
 def _netlink_kernel(settings: Settings) -> Kernel:
@@ -73,9 +76,9 @@ def _embedded_store(settings: Settings) -> KV:
     return SqliteKV(settings.store_path)
 
 
-def _node_id(local: KV) -> str:
+def _node_id(local: KV, layout: StoreLayout) -> str:
     """A stable identity for this host in the shared store, made once and kept."""
-    key = "/swarmnet/v1/local/node-id"
+    key = layout.node_id
 
     def make(current: bytes | None) -> bytes:
         return current if current else uuid.uuid4().hex.encode()
@@ -85,7 +88,7 @@ def _node_id(local: KV) -> str:
     return value.decode()
 
 
-def _etcd(settings: Settings, local: KV) -> tuple[KV, ControlPlane]:
+def _etcd(settings: Settings, local: KV, layout: StoreLayout) -> tuple[KV, ControlPlane]:
     from plugin.controlplane import EtcdControlPlane
     from plugin.store.etcd import EtcdKV, EtcdTLS
 
@@ -93,7 +96,9 @@ def _etcd(settings: Settings, local: KV) -> tuple[KV, ControlPlane]:
         settings.etcd_endpoints,
         EtcdTLS(ca=settings.etcd_ca, cert=settings.etcd_cert, key=settings.etcd_key),
     )
-    return kv, EtcdControlPlane(kv, ttl=settings.peer_ttl, node=_node_id(local))
+    return kv, EtcdControlPlane(
+        kv, ttl=settings.peer_ttl, node=_node_id(local, layout), layout=layout
+    )
 
 
 def _load_balancing(
@@ -102,6 +107,7 @@ def _load_balancing(
     local: KV,
     shared: KV,
     lb: LoadBalancer | None,
+    layout: StoreLayout,
     node_id: str,
 ) -> tuple[Callable[[], Mapping[str, Any]], tuple[Callable[[], None], ...]]:
     """Service VIP load balancing: the node-side programmer, and on managers the collector.
@@ -114,7 +120,7 @@ def _load_balancing(
         log.info("load balancing: off (LOAD_BALANCING=off)")
         return (lambda: {"State": "off", "Reason": "LOAD_BALANCING=off"}), ()
     background: list[Callable[[], None]] = []
-    collector = _collector(settings, shared, node_id)
+    collector = _collector(settings, shared, layout, node_id)
     if collector is not None:
         collector.start()
         background.append(collector.close)
@@ -133,7 +139,9 @@ def _load_balancing(
             return out
 
         return off, tuple(background)
-    programmer = LoadBalancing(lb, local, shared, sandbox_locator(settings.sandbox_root))
+    programmer = LoadBalancing(
+        lb, local, shared, sandbox_locator(settings.sandbox_root), layout=layout
+    )
     network.on_sandbox_change = programmer.nudge
     programmer.start()
     background.insert(0, programmer.close)
@@ -147,7 +155,9 @@ def _load_balancing(
     return on, tuple(background)
 
 
-def _collector(settings: Settings, shared: KV, node_id: str) -> Collector | None:
+def _collector(
+    settings: Settings, shared: KV, layout: StoreLayout, node_id: str
+) -> Collector | None:
     """The elected collector of the swarm's service view; None where there is no swarm."""
     if settings.driver.scope != "global":
         return None
@@ -158,11 +168,19 @@ def _collector(settings: Settings, shared: KV, node_id: str) -> Collector | None
 
     # Several managers on one etcd: one of them collects. One host: it is the one.
     election: Election = (
-        EtcdElection(shared, identity=f"{socket.gethostname()}/{node_id[:12]}")
+        EtcdElection(
+            shared, identity=f"{socket.gethostname()}/{node_id[:12]}", key=layout.lb_collector
+        )
         if isinstance(shared, EtcdKV)
         else LocalElection()
     )
-    return Collector(SwarmView(settings.docker_host), shared, election, vni_networks(shared))
+    return Collector(
+        SwarmView(settings.docker_host),
+        shared,
+        election,
+        vni_networks(shared, layout),
+        layout=layout,
+    )
 
 
 def create_app(
@@ -177,6 +195,7 @@ def create_app(
     reconcile: bool = True,
 ) -> Flask:
     kernel_is_real = kernel is None
+    layout = StoreLayout(STORE_ROOT)
     if ipsec is None:
         # The real xfrm goes with the real kernel; a test's fake kernel has no IPsec
         # unless it brings one, so its encrypted networks are refused.
@@ -186,7 +205,7 @@ def create_app(
     kernel = kernel if kernel is not None else _netlink_kernel(settings)
     local = local if local is not None else _embedded_store(settings)
     if shared is None and settings.etcd_endpoints:
-        shared, control = _etcd(settings, local)
+        shared, control = _etcd(settings, local, layout)
     # One host: the shared state lives in the same embedded store as the local one.
     shared = shared if shared is not None else local
     try:
@@ -198,9 +217,15 @@ def create_app(
     except ValueError as e:
         raise SettingsError(str(e)) from None
 
-    network = NetworkDriverService(settings.driver, kernel, local, shared, control, ipsec)
+    network = NetworkDriverService(
+        settings.driver, kernel, local, shared, control, ipsec, layout=layout
+    )
     ipam = IpamService(
-        local=local, shared=shared, config=ipam_config, host_networks=kernel.host_networks
+        local=local,
+        shared=shared,
+        layout=layout,
+        config=ipam_config,
+        host_networks=kernel.host_networks,
     )
     if reconcile:
         changes = network.reconcile()
@@ -212,7 +237,7 @@ def create_app(
 
     if load_balancer is not None or kernel_is_real:
         lb_status, background = _load_balancing(
-            settings, network, local, shared, load_balancer, _node_id(local)
+            settings, network, local, shared, load_balancer, layout, _node_id(local, layout)
         )
     else:
         lb_status, background = (lambda: {"State": "off", "Reason": "not configured"}), ()
@@ -221,7 +246,11 @@ def create_app(
     # The largest body dockerd sends is a few kB; anything past this is a 413.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["swarmnet"] = routes.Services(
-        network=network, ipam=ipam, lb_status=lb_status, background=background
+        network=network,
+        manager=network.manager,
+        ipam=ipam,
+        lb_status=lb_status,
+        background=background,
     )
     app.register_blueprint(routes.bp)
     app.register_blueprint(admin.bp)

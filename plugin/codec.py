@@ -18,19 +18,25 @@ from core.iptypes import IPAddress, IPInterface, IPNetwork
 from driver import mac as macs
 from driver import names
 from driver.messages import (
+    OPT_ENCRYPTED,
+    OPT_MTU,
+    OPT_VNI,
     AllocateNetwork,
     CreateEndpoint,
     CreateNetwork,
     IPData,
     Join,
+    NetworkOptions,
     NodeDiscovery,
 )
+from driver.vni import VNI_MAX
 from ipam.messages import AddressRequest, PoolRequest
 
 GENERIC = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 INTERNAL = "com.docker.network.internal"
 NODE_DISCOVERY = 1
+MIN_MTU = 576  # smallest MTU that still carries an IPv4 datagram without fragmentation rules biting
 
 T = TypeVar("T")
 
@@ -252,11 +258,51 @@ def endpoint_ids(body: dict[str, Any]) -> tuple[str, str]:
     return f.object_id("NetworkID"), f.object_id("EndpointID")
 
 
+def _vni(value: str) -> int:
+    try:
+        vni = int(value, 10)
+    except ValueError:
+        raise BadRequest(
+            f"{OPT_VNI}: {names.cut(value)} is not a VNI (an integer 1-{VNI_MAX})"
+        ) from None
+    if not 1 <= vni <= VNI_MAX:
+        raise BadRequest(f"{OPT_VNI}: VNI {vni} is outside 1-{VNI_MAX}")
+    return vni
+
+
+def _mtu(value: str) -> int:
+    try:
+        mtu = int(value)
+    except ValueError:
+        raise BadRequest(f"{OPT_MTU}: {names.cut(value)} is not an integer") from None
+    if not MIN_MTU <= mtu <= 65535:
+        raise BadRequest(f"{OPT_MTU}: {mtu} is outside {MIN_MTU}-65535")
+    return mtu
+
+
+def _encrypted(options: Mapping[str, str]) -> bool:
+    if OPT_ENCRYPTED not in options:
+        return False
+    # `--opt encrypted` arrives with an empty value; anything but an explicit "false" means yes.
+    return options[OPT_ENCRYPTED].strip().lower() not in ("false", "0", "no", "off")
+
+
+def network_options(options: Mapping[str, str]) -> NetworkOptions:
+    """The driver options we read, checked: the VNI, the MTU and ``encrypted``."""
+    vni, mtu = options.get(OPT_VNI), options.get(OPT_MTU)
+    return NetworkOptions(
+        raw=options,
+        vni=_vni(vni) if vni else None,
+        mtu=_mtu(mtu) if mtu else None,
+        encrypted=_encrypted(options),
+    )
+
+
 def allocate_network(body: dict[str, Any]) -> AllocateNetwork:
     f = Fields(body)
     return AllocateNetwork(
         network_id=f.object_id("NetworkID"),
-        options=f.str_map("Options"),
+        options=network_options(f.str_map("Options")),
         ipv4=_ip_data(f.objects("IPv4Data")),
         ipv6=_ip_data(f.objects("IPv6Data")),
     )
@@ -279,7 +325,7 @@ def create_network(body: dict[str, Any]) -> CreateNetwork:
     generic = options.str_map(GENERIC)
     return CreateNetwork(
         network_id=f.object_id("NetworkID"),
-        options=generic,
+        options=network_options(generic),
         ipv4=_ip_data(f.objects("IPv4Data")),
         ipv6=_ip_data(f.objects("IPv6Data")),
         internal=_flag(options, generic, INTERNAL),

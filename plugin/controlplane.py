@@ -1,10 +1,11 @@
 """The etcd control plane: publish our endpoints, watch everyone's.
 
-Layout under the versioned prefix:
+Two kinds of key (``core.layout``), both on the node's lease:
 
-    /swarmnet/v1/nodes/<node>                this node is alive (on its lease), and what it
-                                             can do: {"node", "ttl", "vtep", "esp", "esp_detail"}
-    /swarmnet/v1/peers/<network>/<endpoint>  one endpoint: IP, MAC, VTEP (on its node's lease)
+    <root>/nodes/<node-id>               this node is alive, and what it can do:
+                                         {"node", "ttl", "vtep", "esp", "esp_detail"};
+                                         <node-id> is the one kept at <root>/local/node-id
+    <root>/peers/<network>/<endpoint>    one endpoint: IP, MAC, VTEP (driver.peers.PeerRecord)
 
 Every key a node writes hangs off one etcd lease with TTL = PEER_TTL. A node
 that dies stops refreshing it; etcd then deletes its keys and every watcher
@@ -29,26 +30,21 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from core.layout import StoreLayout
 from driver import names
 from driver.peers import OnSnapshot, PeerRecord
 from plugin.store.etcd import EtcdKV, StoreUnavailable, b64, prefix_end
 
 log = logging.getLogger(__name__)
 
-ROOT = "/swarmnet/v1"
-PEERS = f"{ROOT}/peers/"
-NODES = f"{ROOT}/nodes/"
 RESYNC_INTERVAL = 30.0  # seconds between full diffs of every watched network
 TXN_BATCH = 64  # operations per etcd transaction (etcd's default limit is 128)
 
 
-def peer_key(network_id: str, endpoint_id: str) -> str:
-    return f"{PEERS}{network_id}/{endpoint_id}"
-
-
 class EtcdControlPlane:
-    def __init__(self, kv: EtcdKV, ttl: int, node: str) -> None:
+    def __init__(self, kv: EtcdKV, ttl: int, node: str, layout: StoreLayout) -> None:
         self.kv = kv
+        self.keys = layout
         self.ttl = ttl
         self.node = node
         self._lock = threading.Lock()
@@ -130,7 +126,7 @@ class EtcdControlPlane:
 
     def nodes(self) -> dict[str, Mapping[str, object]]:
         try:
-            listed = self.kv.list(NODES)
+            listed = self.kv.list(self.keys.nodes)
         except StoreUnavailable:
             return {}
         out: dict[str, Mapping[str, object]] = {}
@@ -138,7 +134,7 @@ class EtcdControlPlane:
             with contextlib.suppress(ValueError):
                 rec = json.loads(raw)
                 if isinstance(rec, dict):
-                    out[key[len(NODES) :]] = rec
+                    out[key[len(self.keys.nodes) :]] = rec
         return out
 
     def describe(self) -> str:
@@ -176,14 +172,14 @@ class EtcdControlPlane:
             deletes = set(self._pending_deletes)
             info = dict(self._info)
         self.kv.put(
-            NODES + self.node,
+            self.keys.nodes + self.node,
             json.dumps({**info, "node": self.node, "ttl": self.ttl}).encode(),
             lease=lease,
         )
         for rec in records:
-            self.kv.put(peer_key(rec.network_id, rec.endpoint_id), rec.to_json(), lease=lease)
+            self.kv.put(self.keys.peer(rec.network_id, rec.endpoint_id), rec.to_json(), lease=lease)
         for key in deletes:
-            self.kv.delete(peer_key(*key))
+            self.kv.delete(self.keys.peer(*key))
         with self._lock:
             self._pending_deletes -= deletes
         log.info("control plane: published %d endpoint(s) under lease %x", len(records), lease)
@@ -199,9 +195,9 @@ class EtcdControlPlane:
                 ops: list[dict[str, Any]] = []
                 for key, rec in items[start : start + TXN_BATCH]:
                     if rec is None:
-                        ops.append({"request_delete_range": {"key": b64(peer_key(*key))}})
+                        ops.append({"request_delete_range": {"key": b64(self.keys.peer(*key))}})
                     else:
-                        put = {"key": b64(peer_key(*key)), "value": b64(rec.to_json())}
+                        put = {"key": b64(self.keys.peer(*key)), "value": b64(rec.to_json())}
                         ops.append({"request_put": {**put, "lease": lease}})
                 txn: dict[str, Any] = {"compare": [], "success": ops, "failure": []}
 
@@ -297,7 +293,7 @@ class EtcdControlPlane:
             log.exception("network %s: programming peers failed", names.short(network_id))
 
     def _list(self) -> int:
-        payload = {"key": b64(PEERS), "range_end": b64(prefix_end(PEERS))}
+        payload = {"key": b64(self.keys.peers), "range_end": b64(prefix_end(self.keys.peers))}
         result = self.kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
         state: dict[str, dict[str, PeerRecord]] = {}
         for kv in result.get("kvs", []):
@@ -325,7 +321,7 @@ class EtcdControlPlane:
     def _apply(self, event: Mapping[str, Any]) -> None:
         kv = event["kv"]
         key = base64.b64decode(kv["key"]).decode()
-        parts = key[len(PEERS) :].split("/")
+        parts = key[len(self.keys.peers) :].split("/")
         if len(parts) != 2:
             return
         nid, eid = parts
@@ -355,8 +351,8 @@ class EtcdControlPlane:
     def _follow(self, revision: int) -> None:
         request = {
             "create_request": {
-                "key": b64(PEERS),
-                "range_end": b64(prefix_end(PEERS)),
+                "key": b64(self.keys.peers),
+                "range_end": b64(prefix_end(self.keys.peers)),
                 "start_revision": revision + 1,
             }
         }

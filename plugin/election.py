@@ -2,7 +2,7 @@
 
 ``LocalElection``: one host with the embedded store; this node always leads.
 
-``EtcdElection``: the leader holds one key, ``/swarmnet/v1/lb/collector``, created only
+``EtcdElection``: the leader holds one key, ``<root>/lb/collector`` (core.layout), created only
 if absent (a txn comparing its create revision with 0) and attached to the candidate's
 lease. A candidate keeps its lease alive every TTL/3 and tries to take the key about
 once a second, so when a leader dies its lease expires after the TTL and a standby
@@ -27,12 +27,10 @@ import threading
 import time
 from typing import Any, Protocol
 
-from driver.lb.model import LB_ROOT
 from plugin.store.etcd import EtcdKV, b64
 
 log = logging.getLogger(__name__)
 
-ELECTION_KEY = f"{LB_ROOT}/collector"
 DEFAULT_TTL = 10
 SAFETY_MARGIN = 1.0  # seconds before the lease's earliest possible expiry we stop leading
 MAX_RETRY = 1.0  # seconds between a standby's attempts to take the key
@@ -92,7 +90,8 @@ class EtcdElection:
         kv: EtcdKV,
         ttl: int = DEFAULT_TTL,
         identity: str | None = None,
-        key: str = ELECTION_KEY,
+        *,
+        key: str,
     ) -> None:
         if ttl < 2:
             raise ValueError("election TTL must be at least 2 seconds")

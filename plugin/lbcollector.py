@@ -2,9 +2,9 @@
 
 It lists services and tasks on every service or node event and every ``poll_interval``
 (Docker 20.10 sends no task events), computes the records (``driver.lb.collect``) and
-makes the store hold exactly them under ``SERVICES_PREFIX``: stale records first, then
-new and changed ones, so a fwmark freed by a removed service is gone from the store
-before another service's record can carry it.
+makes the store hold exactly them under ``<root>/lb/services/`` (core.layout): stale
+records first, then new and changed ones, so a fwmark freed by a removed service is
+gone from the store before another service's record can carry it.
 
 Nothing is written or deleted unless the listing succeeded: a Docker error or a store
 outage leaves the records as they are (the data path keeps balancing on them). Only a
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from core.layout import StoreLayout
 from driver import names
 from driver.lb import collect
-from driver.lb.model import SERVICES_PREFIX, ServiceRecord
-from driver.ports import KV
-from driver.records import VNI_KEY
+from driver.lb.model import ServiceRecord
+from driver.store_port import KV
 from driver.vni import VniTable
 from plugin.election import Election
 
@@ -55,11 +55,11 @@ class ServiceView(Protocol):
     def close(self) -> None: ...
 
 
-def vni_networks(shared: KV) -> Callable[[], set[str]]:
+def vni_networks(shared: KV, layout: StoreLayout) -> Callable[[], set[str]]:
     """Our networks: those in the VNI table (AllocateNetwork fills it on the manager)."""
 
     def ours() -> set[str]:
-        return set(VniTable.load(shared.get(VNI_KEY)).by_network)
+        return set(VniTable.load(shared.get(layout.vni)).by_network)
 
     return ours
 
@@ -76,9 +76,12 @@ class Collector:
         election: Election,
         our_networks: Callable[[], set[str]],
         poll_interval: float = 2.0,
+        *,
+        layout: StoreLayout,
     ) -> None:
         self.view = view
         self.shared = shared
+        self.keys = layout
         self.election = election
         self.our_networks = our_networks
         self.poll_interval = poll_interval
@@ -241,22 +244,23 @@ class Collector:
         down: set[str],
     ) -> list[ServiceRecord]:
         wanted = collect.targets(services, ours)
-        current = self.shared.list(SERVICES_PREFIX)
+        current = self.shared.list(self.keys.lb_services)
         self._check()
-        raw = self.shared.update(collect.MARKS_KEY, collect.assign_marks({t.key for t in wanted}))
+        raw = self.shared.update(self.keys.lb_marks, collect.assign_marks({t.key for t in wanted}))
         marks = collect.MarkTable.load(raw).by_target
         records = collect.records(wanted, tasks, marks, down)
-        desired = {r.key(): r.to_json() for r in records}
+        key_of = {r: self.keys.lb_service(r.network_id, r.service_id) for r in records}
+        desired = {key_of[r]: r.to_json() for r in records}
         for key in sorted(set(current) - set(desired)):
             self._check()
             self.shared.delete(key)
-            log.info("load balancing: removed %s", _describe_key(key))
+            log.info("load balancing: removed %s", self._describe_key(key))
         for rec in records:
-            value = desired[rec.key()]
-            if current.get(rec.key()) == value:
+            value = desired[key_of[rec]]
+            if current.get(key_of[rec]) == value:
                 continue
             self._check()
-            self.shared.put(rec.key(), value)
+            self.shared.put(key_of[rec], value)
             log.info(
                 "load balancing: service %s (%s) on network %s: VIP %s, fwmark %#x, %s",
                 names.short(rec.service_id),
@@ -268,10 +272,9 @@ class Collector:
             )
         return records
 
-
-def _describe_key(key: str) -> str:
-    network_id, _, service_id = key[len(SERVICES_PREFIX) :].partition("/")
-    return f"service {names.short(service_id)} on network {names.short(network_id)}"
+    def _describe_key(self, key: str) -> str:
+        network_id, _, service_id = key[len(self.keys.lb_services) :].partition("/")
+        return f"service {names.short(service_id)} on network {names.short(network_id)}"
 
 
 def _describe_backends(rec: ServiceRecord) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
+from driver.manager import NetworkManager
 from driver.service import NetworkDriverService
 from ipam.service import IpamService
 from plugin import codec
@@ -31,7 +32,8 @@ def _off() -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Services:
-    network: NetworkDriverService
+    network: NetworkDriverService  # the node side
+    manager: NetworkManager  # the manager side: AllocateNetwork, FreeNetwork
     ipam: IpamService
     # Load balancing's view for status, and the background parts to stop on the way out.
     lb_status: Callable[[], Mapping[str, Any]] = _off
@@ -80,13 +82,13 @@ def network_capabilities() -> Reply:
 
 @bp.post("/NetworkDriver.AllocateNetwork")
 def allocate_network() -> Reply:
-    options = services().network.allocate_network(codec.allocate_network(body()))
+    options = services().manager.allocate_network(codec.allocate_network(body()))
     return {"Options": dict(options)}
 
 
 @bp.post("/NetworkDriver.FreeNetwork")
 def free_network() -> Reply:
-    services().network.free_network(codec.network_id(body()))
+    services().manager.free_network(codec.network_id(body()))
     return {}
 
 

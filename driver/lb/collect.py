@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import Exhausted
-from driver.lb.model import LB_ROOT, MARK_MAX_INDEX, ServiceRecord, mark, virtual_service
+from driver.lb.model import MARK_MAX_INDEX, ServiceRecord, mark, virtual_service
 
-MARKS_KEY = f"{LB_ROOT}/marks"
 MARKS_FORMAT = 1
 
 # A task still running whose desired state is one of these is being stopped: Docker
@@ -172,7 +171,7 @@ def records(
                 backends=vs.backends,
             )
         )
-    return sorted(out, key=ServiceRecord.key)
+    return sorted(out, key=lambda r: (r.network_id, r.service_id))
 
 
 # --------------------------------------------------------------------------- fwmarks
@@ -180,7 +179,7 @@ def records(
 
 @dataclass(frozen=True)
 class MarkTable:
-    """(network id, service id) -> fwmark index (1..MARK_MAX_INDEX), kept at MARKS_KEY."""
+    """(network id, service id) -> fwmark index (1..MARK_MAX_INDEX), kept at ``<root>/lb/marks``."""
 
     by_target: Mapping[TargetKey, int]
 
@@ -191,7 +190,7 @@ class MarkTable:
         d = json.loads(raw)
         if int(d.get("v", 0)) > MARKS_FORMAT:
             # Changing a table we cannot read could hand out an index twice.
-            raise ValueError(f"{MARKS_KEY}: format {d.get('v')} is newer than this version")
+            raise ValueError(f"fwmark table: format {d.get('v')} is newer than this version")
         table: dict[TargetKey, int] = {}
         for key, index in d.get("marks", {}).items():
             network_id, _, service_id = str(key).partition("/")
@@ -219,7 +218,7 @@ class MarkTable:
 
 
 def assign_marks(wanted: Set[TargetKey]) -> Callable[[bytes | None], bytes | None]:
-    """The pure ``KV.update`` function that makes the table at MARKS_KEY hold ``wanted``.
+    """The pure ``KV.update`` function that makes the fwmark table hold ``wanted``.
 
     Returns the stored value unchanged when nothing changes (no write), and deletes the
     key when no target is left.

@@ -3,7 +3,7 @@
 One ``ServiceRecord`` per (network, service) whose VIP is on one of our networks,
 written by the elected collector on a manager and read by every node:
 
-    /swarmnet/v1/lb/services/<network id>/<service id>
+    <root>/lb/services/<network id>/<service id>     (core.layout)
 
 Records are versioned (``"v": 1``); a reader ignores a record of a newer version
 instead of guessing at it.
@@ -16,8 +16,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-LB_ROOT = "/swarmnet/v1/lb"
-SERVICES_PREFIX = f"{LB_ROOT}/services/"
 FORMAT_VERSION = 1
 
 # Firewall marks of ours: 0x736e ("sn") in the upper 16 bits, so they never meet
@@ -37,14 +35,6 @@ def mark(index: int) -> int:
 
 def is_our_mark(value: int) -> bool:
     return value & MARK_MASK == MARK_BASE and value != MARK_BASE
-
-
-def service_prefix(network_id: str) -> str:
-    return f"{SERVICES_PREFIX}{network_id}/"
-
-
-def service_key(network_id: str, service_id: str) -> str:
-    return service_prefix(network_id) + service_id
 
 
 @dataclass(frozen=True, order=True)
@@ -99,9 +89,6 @@ class ServiceRecord:
 
     def virtual_service(self) -> VirtualService:
         return VirtualService(vip=self.vip, fwmark=self.fwmark, backends=self.backends)
-
-    def key(self) -> str:
-        return service_key(self.network_id, self.service_id)
 
     def to_json(self) -> bytes:
         return json.dumps(

@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.layout import StoreLayout
 from driver import names
 from driver.lb.desired import by_network, desired_states
-from driver.lb.model import SERVICES_PREFIX, SandboxState, ServiceRecord
+from driver.lb.model import SandboxState, ServiceRecord
 from driver.lb.port import LoadBalancer, SandboxGone
-from driver.ports import KV
-from driver.records import ENDPOINTS_PREFIX, EndpointRecord
+from driver.records import EndpointRecord, decode
+from driver.store_port import KV
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ class _Sandbox:
     error: str = ""  # the last failure, logged once rather than at every pass
 
 
-def read_records(shared: KV) -> list[ServiceRecord]:
+def read_records(shared: KV, layout: StoreLayout) -> list[ServiceRecord]:
     records = []
-    for key, raw in shared.list(SERVICES_PREFIX).items():
+    for key, raw in shared.list(layout.lb_services).items():
         try:
             rec = ServiceRecord.from_json(raw)
         except (ValueError, KeyError, TypeError) as e:
@@ -76,11 +77,11 @@ def read_records(shared: KV) -> list[ServiceRecord]:
     return records
 
 
-def joined_sandboxes(local: KV) -> dict[str, set[str]]:
+def joined_sandboxes(local: KV, layout: StoreLayout) -> dict[str, set[str]]:
     """Sandbox key -> IDs of our networks it is joined to, from the endpoint records."""
     out: dict[str, set[str]] = {}
-    for raw in local.list(ENDPOINTS_PREFIX).values():
-        ep = EndpointRecord.from_json(raw)
+    for raw in local.list(layout.endpoints).values():
+        ep = decode(EndpointRecord, raw)
         if ep.joined and ep.sandbox_key:
             out.setdefault(ep.sandbox_key, set()).add(ep.network_id)
     return out
@@ -94,6 +95,7 @@ class LoadBalancing:
         shared: KV,
         locate: Callable[[str], Path] = Path,
         *,
+        layout: StoreLayout,
         poll_interval: float = POLL_INTERVAL,
         sandbox_wait: float = SANDBOX_WAIT,
         clock: Callable[[], float] = time.monotonic,
@@ -101,6 +103,7 @@ class LoadBalancing:
         self.lb = lb
         self.local = local
         self.shared = shared
+        self.keys = layout
         self.locate = locate
         self.poll_interval = poll_interval
         self.sandbox_wait = sandbox_wait
@@ -149,7 +152,7 @@ class LoadBalancing:
     def sync(self) -> bool:
         """One pass. Returns True while a sandbox waits for its namespace file."""
         try:
-            records = read_records(self.shared)
+            records = read_records(self.shared, self.keys)
         except Exception as e:
             with self._lock:
                 if not self._store_error:
@@ -165,7 +168,7 @@ class LoadBalancing:
                 log.info("load balancing: service records readable again")
             self._store_error = ""
             self._records = records
-        joined = joined_sandboxes(self.local)
+        joined = joined_sandboxes(self.local, self.keys)
         desired = desired_states(records, joined)
         now = self.clock()
         waiting = False
@@ -238,7 +241,7 @@ class LoadBalancing:
             records = list(self._records or [])
             sandboxes = list(self._sandboxes.values())
             store_error, last_error = self._store_error, self._last_error
-        joined = joined_sandboxes(self.local)
+        joined = joined_sandboxes(self.local, self.keys)
         networks = []
         for network_id, recs in sorted(by_network(records).items()):
             mine = [sb for sb in sandboxes if network_id in joined.get(sb.key, ())]

@@ -1,4 +1,4 @@
-"""The KV port's contract (``ipam.ports.KV``), as a reusable test class.
+"""The KV port's contract (``ipam.store_port.KV``), as a reusable test class.
 
 Run it against an adapter by subclassing and providing a ``kv`` fixture::
 
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipam.ports import KV
+from ipam.store_port import KV
 
 
 class Boom(Exception):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ipam.ports import KV
+from ipam.store_port import KV
 from plugin.store.memory import MemoryKV
 from plugin.store.sqlite import SqliteKV
 from tests.contract.kv_contract import KVContract

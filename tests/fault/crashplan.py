@@ -21,15 +21,16 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+from core.layout import StoreLayout
 from driver.kernel.fake import FakeKernel
-from driver.records import VNI_KEY
-from plugin.app import create_app
+from plugin.app import STORE_ROOT, create_app
 from plugin.settings import from_env
 from plugin.store.sqlite import SqliteKV
 
 Step = tuple[str, dict[str, Any]]
 # A plan yields (path, body) and is sent the reply; "peak" is answered by the driver.
 Plan = Generator[Step, Any, None]
+LAYOUT = StoreLayout(STORE_ROOT)
 NET = {"A": "a" * 25, "B": "b" * 25}
 EP = {"A": "1" * 64, "B": "2" * 64}
 SETTINGS = {"SCOPE": "local", "VNI_RANGE": "256-300", "DEFAULT_ADDR_POOLS": "10.200.0.0/22"}
@@ -69,8 +70,8 @@ def plan() -> Plan:
 
 def peak(store: SqliteKV) -> dict[str, Any]:
     """What the allocators hold while both networks exist."""
-    table = json.loads(store.get(VNI_KEY) or b'{"by_network": {}}')["by_network"]
-    index = store.get("/swarmnet/v1/ipam/local/index")
+    table = json.loads(store.get(LAYOUT.vni) or b'{"by_network": {}}')["by_network"]
+    index = store.get(LAYOUT.ipam_index("local"))
     pools = json.loads(index)["pools"] if index else {}
     return {"vnis": sorted(table.values()), "subnets": sorted(pools)}
 

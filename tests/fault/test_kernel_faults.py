@@ -21,15 +21,17 @@ import pytest
 from flask import Flask
 from pyroute2.netlink.exceptions import NetlinkError
 
+from core.layout import StoreLayout
 from driver import names
 from driver.kernel import nsfs
-from driver.records import NODE_KEY, NetworkRecord, NodeRecord, network_key
+from driver.records import NetworkRecord, VtepRecord, decode, encode
 from driver.service import NetworkDriverService
-from plugin.app import create_app
+from plugin.app import STORE_ROOT, create_app
 from plugin.settings import from_env
 from plugin.store.sqlite import SqliteKV
 from tests.kernel.lab import NetlinkHost, addresses, ipr_in, link, mounts_under
 
+LAYOUT = StoreLayout(STORE_ROOT)
 NET_A = "a" * 25
 NET_B = "b" * 25
 EP = "e" * 64
@@ -133,15 +135,15 @@ def test_one_network_that_cannot_be_rebuilt_leaves_the_others_up(
     app = start(host, store)
     create(app, NET_A, "10.71.0.0/24")
     create(app, NET_B, "10.72.0.0/24")
-    raw, raw_b = store.get(network_key(NET_A)), store.get(network_key(NET_B))
+    raw, raw_b = store.get(LAYOUT.network(NET_A)), store.get(LAYOUT.network(NET_B))
     assert raw is not None and raw_b is not None
-    vni_a = NetworkRecord.from_json(raw).vni
+    vni_a = decode(NetworkRecord, raw).vni
     service(app).close()
 
     # A reboot: the namespace files are gone; someone else took network A's VNI and port.
     for entry in host.netns_dir.iterdir():
         nsfs.remove(entry)
-    wait_vni_free(host, NetworkRecord.from_json(raw_b).vni)
+    wait_vni_free(host, decode(NetworkRecord, raw_b).vni)
     add_blocker(host, vni_a)
 
     app = start(host, store)  # must not raise
@@ -184,7 +186,7 @@ def test_a_vtep_the_kernel_refuses_never_costs_the_working_device(
     )
     assert status == 400
     service(app).close()
-    store.put(NODE_KEY, NodeRecord(vtep=ipaddress.ip_address("224.0.0.1")).to_json())
+    store.put(LAYOUT.vtep, encode(VtepRecord(vtep=ipaddress.ip_address("224.0.0.1"))))
 
     app = start(host, store)
     try:

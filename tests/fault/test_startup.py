@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import threading
 
+from core.layout import StoreLayout
 from driver import names
 from driver.kernel.fake import FakeKernel
 from driver.kernel.port import KernelError, NetworkSpec
 from driver.keylocks import KeyedLocks
-from driver.records import VNI_KEY
 from driver.vni import VniTable
+from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
 from tests.unit.conftest import make_plugin
 
+LAYOUT = StoreLayout(STORE_ROOT)
 NETS = ["a" * 25, "b" * 25, "c" * 25]
 
 
@@ -48,24 +50,24 @@ def test_one_broken_network_is_marked_and_retried_and_the_others_serve() -> None
     assert service.retry_broken() == []  # still refused
     kernel.refused = ""
     assert service.retry_broken() == [f"network {names.short(NETS[1])}: rebuilt"]
-    assert service.broken() == {}
+    assert service.broken.view() == {}
     assert len(kernel.networks) == 3
 
 
 def test_a_vni_held_by_a_network_with_no_record_is_released_at_start() -> None:
     store = MemoryKV()
     # A crash between allocating network X's VNI and writing its record.
-    store.put(VNI_KEY, VniTable({"x" * 25: 256}, 256).dump())
+    store.put(LAYOUT.vni, VniTable({"x" * 25: 256}, 256).dump())
     make_plugin({"SCOPE": "local"}, store=store)
-    assert VniTable.load(store.get(VNI_KEY)).by_network == {}
+    assert VniTable.load(store.get(LAYOUT.vni)).by_network == {}
 
 
 def test_delete_network_releases_a_vni_even_without_a_record() -> None:
     store = MemoryKV()
     plugin = make_plugin({"SCOPE": "local"}, store=store)
-    store.put(VNI_KEY, VniTable({"x" * 25: 256}, 256).dump())
+    store.put(LAYOUT.vni, VniTable({"x" * 25: 256}, 256).dump())
     plugin.ok("/NetworkDriver.DeleteNetwork", {"NetworkID": "x" * 25})
-    assert VniTable.load(store.get(VNI_KEY)).by_network == {}
+    assert VniTable.load(store.get(LAYOUT.vni)).by_network == {}
 
 
 def test_the_lock_tables_hold_only_networks_in_use() -> None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from core.layout import StoreLayout
 from driver import names
 from driver.kernel.fake import FakeKernel
 from driver.kernel.port import Peer
-from plugin.app import create_app
+from plugin.app import STORE_ROOT, create_app
 from plugin.controlplane import EtcdControlPlane
 from plugin.settings import from_env
 from plugin.store.etcd import EtcdKV
@@ -27,6 +28,7 @@ from tests.unit.conftest import Plugin
 
 NET = "q1w2e3r4t5y6u7i8o9p0asdfg"
 TTL = 3
+LAYOUT = StoreLayout(STORE_ROOT)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
@@ -51,7 +53,7 @@ class Node:
 def make_node(etcd: EtcdServer, vtep: str, ttl: int = TTL) -> Node:
     kv = EtcdKV([etcd.url])
     local = MemoryKV()
-    control = EtcdControlPlane(kv, ttl=ttl, node=vtep)
+    control = EtcdControlPlane(kv, ttl=ttl, node=vtep, layout=LAYOUT)
     kernel = FakeKernel()
     app = create_app(
         from_env({"PEER_TTL": str(ttl)}), kernel=kernel, local=local, shared=kv, control=control
@@ -195,7 +197,9 @@ def test_a_restart_while_etcd_is_down_keeps_the_programmed_peers(etcd: EtcdServe
         # that cannot list anything yet. An empty "not read yet" state must not wipe
         # the entries the previous run programmed.
         b_node.control.close()
-        restarted = EtcdControlPlane(EtcdKV([etcd.url], timeout=1), ttl=TTL, node=b_node.vtep)
+        restarted = EtcdControlPlane(
+            EtcdKV([etcd.url], timeout=1), ttl=TTL, node=b_node.vtep, layout=LAYOUT
+        )
         create_app(
             from_env({"PEER_TTL": str(TTL)}),
             kernel=b_node.plugin.kernel,
@@ -260,7 +264,7 @@ def test_status_lists_which_nodes_can_carry_encrypted_networks(etcd: EtcdServer)
     from driver.kernel.fake_ipsec import FakeIpsec
 
     kv = EtcdKV([etcd.url])
-    control = EtcdControlPlane(kv, ttl=TTL, node="192.0.2.9")
+    control = EtcdControlPlane(kv, ttl=TTL, node="192.0.2.9", layout=LAYOUT)
     app = create_app(
         from_env({"PEER_TTL": str(TTL)}),
         kernel=FakeKernel(),

@@ -17,16 +17,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from driver.lb.model import SERVICES_PREFIX, ServiceRecord
-from driver.records import VNI_KEY
+from core.layout import StoreLayout
+from driver.lb.model import ServiceRecord
 from driver.vni import VniTable
-from plugin.election import ELECTION_KEY, EtcdElection
+from plugin.app import STORE_ROOT
+from plugin.election import EtcdElection
 from plugin.lbcollector import Collector, vni_networks
 from plugin.store.etcd import EtcdKV
 from tests.support.etcd import EtcdServer
 from tests.unit.lb.swarm_data import LBNET1, LBNET2, WEB, FakeView
 
 TTL = 3  # seconds; the smallest that leaves the keepalive (every TTL/3) room
+LAYOUT = StoreLayout(STORE_ROOT)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -43,7 +45,7 @@ def leaders(electors: list[EtcdElection]) -> list[EtcdElection]:
 
 
 def key_lease(kv: EtcdKV) -> int | None:
-    payload = {"key": base64.b64encode(ELECTION_KEY.encode()).decode()}
+    payload = {"key": base64.b64encode(LAYOUT.lb_collector.encode()).decode()}
     kvs = kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload)).get("kvs") or []
     return int(kvs[0].get("lease", 0)) if kvs else None
 
@@ -55,7 +57,10 @@ def lease_ttl(kv: EtcdKV, lease: int) -> int:
 
 @pytest.fixture
 def electors(etcd: EtcdServer) -> Iterator[list[EtcdElection]]:
-    made = [EtcdElection(EtcdKV([etcd.url]), ttl=TTL, identity=f"m{i}") for i in range(3)]
+    made = [
+        EtcdElection(EtcdKV([etcd.url]), ttl=TTL, identity=f"m{i}", key=LAYOUT.lb_collector)
+        for i in range(3)
+    ]
     for e in made:
         e.start()
     yield made
@@ -161,11 +166,16 @@ class Proxy:
 
 def test_leader_cut_off_from_etcd_steps_down_before_successor(etcd: EtcdServer) -> None:
     proxy = Proxy(etcd.client_port)
-    cut_off = EtcdElection(EtcdKV([f"http://127.0.0.1:{proxy.port}"], timeout=1), ttl=TTL)
+    cut_off = EtcdElection(
+        EtcdKV([f"http://127.0.0.1:{proxy.port}"], timeout=1), ttl=TTL, key=LAYOUT.lb_collector
+    )
     cut_off.start()
     try:
         wait_for(cut_off.is_leader, 2 * TTL, "the first elector to lead")
-        others = [EtcdElection(EtcdKV([etcd.url]), ttl=TTL, identity=f"m{i}") for i in range(2)]
+        others = [
+            EtcdElection(EtcdKV([etcd.url]), ttl=TTL, identity=f"m{i}", key=LAYOUT.lb_collector)
+            for i in range(2)
+        ]
         for e in others:
             e.start()
         try:
@@ -208,11 +218,11 @@ def test_collectors_fail_over_and_keep_the_marks(etcd: EtcdServer) -> None:
     """Two managers' collectors on one etcd: only the leader writes; its successor takes
     the records over with the same fwmarks and carries on."""
     kv = EtcdKV([etcd.url])
-    kv.put(VNI_KEY, VniTable({LBNET1: 256, LBNET2: 257}, 257).dump())
+    kv.put(LAYOUT.vni, VniTable({LBNET1: 256, LBNET2: 257}, 257).dump())
 
     def records() -> dict[tuple[str, str], ServiceRecord]:
         out = {}
-        for raw in kv.list(SERVICES_PREFIX).values():
+        for raw in kv.list(LAYOUT.lb_services).values():
             rec = ServiceRecord.from_json(raw)
             assert rec is not None
             out[(rec.network_id, rec.service_id)] = rec
@@ -222,8 +232,10 @@ def test_collectors_fail_over_and_keep_the_marks(etcd: EtcdServer) -> None:
     collectors = []
     for i, view in enumerate(views):
         shared = EtcdKV([etcd.url])
-        election = EtcdElection(shared, ttl=TTL, identity=f"m{i}")
-        collectors.append(Collector(view, shared, election, vni_networks(shared), 0.1))
+        election = EtcdElection(shared, ttl=TTL, identity=f"m{i}", key=LAYOUT.lb_collector)
+        collectors.append(
+            Collector(view, shared, election, vni_networks(shared, LAYOUT), 0.1, layout=LAYOUT)
+        )
     for c in collectors:
         c.start()
     try:

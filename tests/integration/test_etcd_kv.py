@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipam.ports import KV
+from ipam.store_port import KV
 from plugin.errors import status_of
 from plugin.store.etcd import EtcdKV, StoreUnavailable
 from tests.contract.kv_contract import KVContract

@@ -19,7 +19,7 @@ from plugin.store.etcd import EtcdKV
 from plugin.store.memory import MemoryKV
 from tests.support.etcd import EtcdServer
 from tests.support.etcd_requests import Requests, counting_kv
-from tests.unit.ipam.helpers import GATEWAY, address, pool
+from tests.unit.ipam.helpers import GATEWAY, LAYOUT, address, pool
 
 POOL = "10.10.0.0/24"
 
@@ -28,6 +28,7 @@ def ipam(kv: EtcdKV) -> IpamService:
     return IpamService(
         local=MemoryKV(),
         shared=kv,
+        layout=LAYOUT,
         config=IpamConfig.from_strings("10.10.0.0/16", "24"),
         host_networks=lambda: [],
     )

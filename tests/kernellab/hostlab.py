@@ -21,12 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.layout import StoreLayout
 from driver.config import DriverConfig, EncryptionConfig
 from driver.kernel import nsfs
 from driver.kernel.ipsec import NetlinkIpsec
 from driver.kernel.xfrm.types import Policy, SecurityAssociation
-from driver.messages import CreateEndpoint, CreateNetwork, IPData, Join
+from driver.messages import CreateEndpoint, CreateNetwork, IPData, Join, NetworkOptions
 from driver.service import NetworkDriverService
+from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
 from tests.kernel.lab import NetlinkHost, ipr_in, link
 from tests.kernellab.netlab import Capture, tcpdump
@@ -75,6 +77,7 @@ class LabHost:
                 shared,
                 hub.plane(),
                 self.ipsec,
+                layout=StoreLayout(STORE_ROOT),
             )
             self.service.reconcile()
         except BaseException:
@@ -106,7 +109,8 @@ class LabHost:
 
     def create_network(self, network_id: str, vni: int, subnet: str, *, encrypted: bool) -> None:
         net = ipaddress.ip_network(subnet)
-        options = {"swarmnet.vni": str(vni), **({"encrypted": ""} if encrypted else {})}
+        raw = {"swarmnet.vni": str(vni), **({"encrypted": ""} if encrypted else {})}
+        options = NetworkOptions(raw=raw, vni=vni, encrypted=encrypted)
         gateway = ipaddress.ip_interface(f"{net.network_address + 1}/{net.prefixlen}")
         self.service.create_network(
             CreateNetwork(network_id, options, ipv4=(IPData(pool=net, gateway=gateway),))

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.layout import StoreLayout
 from driver import names
 from driver.config import EncryptionConfig
 from driver.encryption import BLOCK_PRIORITY, block_policy, in_policy, out_policy
 from driver.ipsec_keys import REQID, KeyRing, spi
-from driver.ipsec_store import ACKS_PREFIX, KEYS_KEY
 from driver.kernel.fake import FakeKernel
 from driver.kernel.fake_ipsec import FakeIpsec
 from driver.kernel.port import KernelError, Peer
@@ -42,11 +42,13 @@ from driver.kernel.xfrm.types import (
 )
 from driver.service import NetworkDriverService
 from plugin import cli
-from plugin.app import create_app
+from plugin.app import STORE_ROOT, create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
 from tests.unit.conftest import Plugin
 from tests.unit.encryption_hub import Hub
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 NET = "q1w2e3r4t5y6u7i8o9p0asdfg"  # encrypted
 NET2 = "e2e2e2e2e2e2e2e2e2e2e2e2e"  # encrypted too
@@ -93,11 +95,15 @@ def make_node(
     kernel: FakeKernel | None = None,
     local: MemoryKV | None = None,
     config: EncryptionConfig = FAST,
+    data_path_addr: bool = True,  # False: the node knows its address only from DiscoverNew
 ) -> Node:
     base = from_env({})
     address = ipaddress.IPv4Address(vtep)
     settings_ = replace(
-        base, driver=replace(base.driver, data_path_addr=address, encryption=config)
+        base,
+        driver=replace(
+            base.driver, data_path_addr=address if data_path_addr else None, encryption=config
+        ),
     )
     ipsec = ipsec if ipsec is not None else FakeIpsec()
     kernel = kernel if kernel is not None else FakeKernel()
@@ -193,7 +199,7 @@ def test_an_encrypted_network_gets_its_port_mtu_and_host_policies_before_its_dev
     spec = node.kernel.networks[names.short(NET)].spec
     assert (spec.vxlan_port, spec.mtu) == (PORT, 1424)  # 1500 - 50 VXLAN - 26 ESP
     assert node.ipsec.sas == {}  # no peer yet
-    ring = KeyRing.from_json(shared.get(KEYS_KEY) or b"")
+    ring = KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"")
     assert ring.newest.number == 1
 
     node.ok("/NetworkDriver.CreateNetwork", network_body(PLAIN, 302, encrypted=False))
@@ -243,7 +249,7 @@ def test_every_pair_sharing_an_encrypted_network_gets_matching_sas(
         assert all(sa.reqid == REQID for sa in node.ipsec.sas.values())
     keys = {sa.aead.key for n in three for sa in n.ipsec.sas.values() if sa.aead}
     assert len(keys) == 6  # one key per ordered pair
-    assert set(shared.list(ACKS_PREFIX)) == {ACKS_PREFIX + str(n.vtep) for n in three}
+    assert set(shared.list(LAYOUT.ipsec_acks)) == {LAYOUT.ipsec_acks + str(n.vtep) for n in three}
 
 
 def test_a_peers_sas_come_before_its_fdb_entries_and_go_after(hub: Hub, shared: MemoryKV) -> None:
@@ -377,16 +383,16 @@ def test_keys_rotate_on_the_interval(hub: Hub, shared: MemoryKV) -> None:
     with_endpoints(nodes, hub)
     for node in nodes:
         node.service.encryption.tick()
-    assert KeyRing.from_json(shared.get(KEYS_KEY) or b"").newest.number == 1
+    assert KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"").newest.number == 1
     # Age the generation as if 12 h had passed: the next round of either node rotates, once.
-    ring = KeyRing.from_json(shared.get(KEYS_KEY) or b"")
+    ring = KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"")
     old = replace(ring.newest, created=ring.newest.created - 3601)
-    shared.put(KEYS_KEY, KeyRing((old,)).to_json())
+    shared.put(LAYOUT.ipsec_keys, KeyRing((old,)).to_json())
     for _ in range(3):
         for node in nodes:
             node.service.encryption.tick()
             check_pairs(nodes)
-    ring = KeyRing.from_json(shared.get(KEYS_KEY) or b"")
+    ring = KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"")
     assert [g.number for g in ring.generations] == [1, 2]
     for node in nodes:
         assert {s >> 24 for s in node.sa_spis()} == {3}
@@ -415,7 +421,7 @@ def test_no_interleaving_of_rounds_and_rotations_breaks_a_pair(steps: list[str])
         for node in nodes:
             node.service.encryption.tick()
             check_pairs(nodes)
-    newest = KeyRing.from_json(shared.get(KEYS_KEY) or b"").newest.number
+    newest = KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"").newest.number
     for node in nodes:
         assert {s >> 24 for s in node.sa_spis()} == {(newest % 255) + 1}
 
@@ -523,10 +529,9 @@ def test_a_peer_that_cannot_be_programmed_gets_no_fdb_entry(hub: Hub, shared: Me
 
 def test_an_unknown_local_address_blocks_peers_instead_of_guessing(shared: MemoryKV) -> None:
     hub = Hub()
-    a = make_node(hub, shared, "192.0.2.1")
+    a = make_node(hub, shared, "192.0.2.1", data_path_addr=False)  # DiscoverNew not seen
     b = make_node(hub, shared, "192.0.2.2")
     with_endpoints([b], hub)
-    a.service.config = replace(a.service.config, data_path_addr=None)  # DiscoverNew not seen
     a.ok("/NetworkDriver.CreateNetwork", network_body())
     with pytest.raises(Exception, match="data-path address is not known"):
         hub.deliver()
@@ -613,7 +618,7 @@ def test_key_material_never_reaches_logs_replies_or_errors(
         a.ipsec.ensure_sa(clash)
     replies.append(str(caught.value))
 
-    ring = KeyRing.from_json(shared.get(KEYS_KEY) or b"")
+    ring = KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"")
     secrets_ = [g.master for g in ring.generations]
     for node in nodes:
         for _, obj in node.ipsec.journal:
@@ -644,7 +649,7 @@ def test_swarmnet_rotate_keys_calls_the_plugin_socket(
     try:
         assert cli.main(["rotate-keys", "--socket", str(sock)]) == 0
         assert "generation 1 -> 2" in capsys.readouterr().out
-        assert KeyRing.from_json(shared.get(KEYS_KEY) or b"").newest.number == 2
+        assert KeyRing.from_json(shared.get(LAYOUT.ipsec_keys) or b"").newest.number == 2
     finally:
         server.shutdown()
         thread.join(5)

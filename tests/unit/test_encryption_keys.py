@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import Conflict, Exhausted
+from core.layout import StoreLayout
 from driver.ipsec_keys import (
     GENERATIONS_KEPT,
     INDEX_MAX,
@@ -27,8 +28,11 @@ from driver.ipsec_keys import (
     spi,
     spi_parts,
 )
-from driver.ipsec_store import KEYS_KEY, NODES_KEY, IpsecStore
+from driver.ipsec_store import IpsecStore
+from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 A = ipaddress.IPv4Address("192.0.2.1")
 B = ipaddress.IPv4Address("192.0.2.2")
@@ -141,7 +145,7 @@ def test_store_makes_one_key_ring_even_when_nodes_race() -> None:
     rings = []
 
     def make() -> None:
-        rings.append(IpsecStore(kv).ensure_keyring())
+        rings.append(IpsecStore(kv, LAYOUT).ensure_keyring())
 
     threads = [threading.Thread(target=make) for _ in range(8)]
     for t in threads:
@@ -154,7 +158,7 @@ def test_store_makes_one_key_ring_even_when_nodes_race() -> None:
 
 def test_rotation_on_request_respects_the_minimum_gap() -> None:
     clock = Clock()
-    store = IpsecStore(MemoryKV(), wallclock=clock)
+    store = IpsecStore(MemoryKV(), LAYOUT, wallclock=clock)
     with pytest.raises(Conflict, match="no IPsec keys"):
         store.rotate(30)
     store.ensure_keyring()
@@ -173,7 +177,7 @@ def test_rotation_on_request_respects_the_minimum_gap() -> None:
 
 def test_interval_rotation_happens_once_when_every_node_asks() -> None:
     clock, kv = Clock(), MemoryKV()
-    stores = [IpsecStore(kv, wallclock=clock) for _ in range(3)]
+    stores = [IpsecStore(kv, LAYOUT, wallclock=clock) for _ in range(3)]
     stores[0].ensure_keyring()
     assert all(s.rotate_if_due(3600) is None for s in stores)
     clock.now += 3600
@@ -184,17 +188,17 @@ def test_interval_rotation_happens_once_when_every_node_asks() -> None:
 
 def test_any_node_claims_indexes_for_any_vtep_and_all_agree() -> None:
     kv = MemoryKV()
-    one, two = IpsecStore(kv), IpsecStore(kv)
+    one, two = IpsecStore(kv, LAYOUT), IpsecStore(kv, LAYOUT)
     assert one.indexes({"192.0.2.2", "192.0.2.1"}) == {"192.0.2.1": 1, "192.0.2.2": 2}
     assert two.indexes({"192.0.2.3", "192.0.2.1"}) == {"192.0.2.1": 1, "192.0.2.3": 3}
-    assert kv.get(NODES_KEY) is not None and kv.get(KEYS_KEY) is None
+    assert kv.get(LAYOUT.ipsec_nodes) is not None and kv.get(LAYOUT.ipsec_keys) is None
 
 
 def test_index_exhaustion_is_a_domain_error() -> None:
     kv = MemoryKV()
     kv.put(
-        NODES_KEY,
+        LAYOUT.ipsec_nodes,
         json.dumps({f"10.{i >> 8}.{i & 255}.1": i for i in range(1, INDEX_MAX + 1)}).encode(),
     )
     with pytest.raises(Exhausted):
-        IpsecStore(kv).indexes({"192.0.2.9"})
+        IpsecStore(kv, LAYOUT).indexes({"192.0.2.9"})

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import ip_address, ip_network
 
 from core.iptypes import IPAddress, IPNetwork
+from core.layout import StoreLayout
 from ipam.config import IpamConfig
 from ipam.messages import (
     GATEWAY_TYPE,
@@ -14,8 +15,9 @@ from ipam.messages import (
     AddressRequest,
     PoolRequest,
 )
-from ipam.ports import KV
 from ipam.service import IpamService
+from ipam.store_port import KV
+from plugin.app import STORE_ROOT
 from tests.unit.ipam.fakes import CasKV
 
 GLOBAL = IpamService.GLOBAL_SPACE
@@ -23,6 +25,8 @@ LOCAL = IpamService.LOCAL_SPACE
 GATEWAY = {REQUEST_ADDRESS_TYPE: GATEWAY_TYPE}
 SERIAL = {SERIAL_OPTION: "true"}
 SWARM_GATEWAY = {**GATEWAY, **SERIAL}  # what swarmkit sends for a network's gateway
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 
 def net(text: str) -> IPNetwork:
@@ -46,6 +50,7 @@ def service(
     return IpamService(
         local=local if local is not None else shared,
         shared=shared,
+        layout=LAYOUT,
         config=IpamConfig.from_strings(pools, mask),
         host_networks=lambda: list(host_nets),
     )

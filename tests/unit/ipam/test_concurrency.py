@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from ipam.errors import Exhausted, PoolOverlap
-from ipam.ports import KV
+from ipam.store_port import KV
 from tests.unit.ipam.fakes import CasKV
 from tests.unit.ipam.helpers import GLOBAL, SERIAL, address, pool, service
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipam.ports import KV
+from ipam.store_port import KV
 from tests.contract.kv_contract import KVContract
 from tests.unit.ipam.fakes import CasKV
 

@@ -19,7 +19,16 @@ from ipam.messages import MAC_OPTION
 from ipam.service import IpamService
 from plugin.errors import status_of
 from tests.unit.ipam.fakes import CasKV
-from tests.unit.ipam.helpers import GATEWAY, GLOBAL, LOCAL, SERIAL, address, pool, service
+from tests.unit.ipam.helpers import (
+    GATEWAY,
+    GLOBAL,
+    LAYOUT,
+    LOCAL,
+    SERIAL,
+    address,
+    pool,
+    service,
+)
 
 MAC_A = {MAC_OPTION: "02:42:0a:00:00:aa"}
 MAC_B = {MAC_OPTION: "02:42:0a:00:00:bb"}
@@ -30,6 +39,7 @@ def standalone(kv: CasKV | None = None) -> IpamService:
     return IpamService(
         local=kv,
         shared=kv,
+        layout=LAYOUT,
         config=IpamConfig.from_strings("10.10.0.0/22", "24", standalone=True),
         host_networks=lambda: [],
     )

@@ -31,7 +31,7 @@ from ipam.errors import (
 from ipam.messages import AddressRequest, PoolRequest
 from ipam.service import IpamService
 from tests.unit.ipam.fakes import CasKV
-from tests.unit.ipam.helpers import GATEWAY, GLOBAL, SERIAL
+from tests.unit.ipam.helpers import GATEWAY, GLOBAL, LAYOUT, SERIAL
 
 DEFAULT_CHOICES = ["10.0.0.0/27", "10.0.1.0/28", "10.0.2.0/29", "10.0.3.0/30"]
 HOST_CHOICES = ["10.0.0.8/29", "10.0.1.0/30", "10.0.3.0/24", "192.0.2.0/24"]
@@ -185,7 +185,11 @@ class Allocator(RuleBasedStateMachine):
 
     def new_service(self) -> IpamService:
         return IpamService(
-            local=self.kv, shared=self.kv, config=self.config, host_networks=lambda: self.host
+            local=self.kv,
+            shared=self.kv,
+            layout=LAYOUT,
+            config=self.config,
+            host_networks=lambda: self.host,
         )
 
     def agree(self, real: object, model: object) -> tuple[str, str]:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from driver.lb.collect import MARKS_KEY, MarkTable
-from driver.lb.model import SERVICES_PREFIX, Backend, ServiceRecord, mark, service_key
-from driver.records import VNI_KEY
+from core.layout import StoreLayout
+from driver.lb.collect import MarkTable
+from driver.lb.model import Backend, ServiceRecord, mark
 from driver.vni import VniTable
+from plugin.app import STORE_ROOT
 from plugin.election import LocalElection
 from plugin.lbcollector import Collector, vni_networks
 from plugin.store.etcd import StoreUnavailable
@@ -24,6 +25,8 @@ from plugin.store.sqlite import SqliteKV
 from plugin.swarmview import DockerUnavailable, SwarmView
 from tests.unit.lb import swarm_data as sd
 from tests.unit.lb.swarm_data import LBNET1, LBNET2, PUB, WEB, FakeView
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 IP = ipaddress.IPv4Address
 
@@ -94,20 +97,21 @@ class SwitchElection:
 def store(tmp_path: Path) -> Iterator[FlakyKV]:
     kv = SqliteKV(tmp_path / "shared.db")
     # Our networks, as AllocateNetwork leaves them in the VNI table.
-    kv.put(VNI_KEY, VniTable({LBNET1: 256, LBNET2: 257}, 257).dump())
+    kv.put(LAYOUT.vni, VniTable({LBNET1: 256, LBNET2: 257}, 257).dump())
     yield FlakyKV(kv)
     kv.close()
 
 
 def make(store: FlakyKV, view: FakeView, election: Any = None, poll: float = 2.0) -> Collector:
     return Collector(
-        view, store, election or LocalElection(), vni_networks(store), poll_interval=poll
+        view, store, election or LocalElection(), vni_networks(store, LAYOUT), poll_interval=poll,
+        layout=LAYOUT,
     )
 
 
 def records(store: FlakyKV) -> dict[tuple[str, str], ServiceRecord]:
     out = {}
-    for raw in store.kv.list(SERVICES_PREFIX).values():
+    for raw in store.kv.list(LAYOUT.lb_services).values():
         rec = ServiceRecord.from_json(raw)
         assert rec is not None
         out[(rec.network_id, rec.service_id)] = rec
@@ -128,9 +132,9 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None
 
 
 def test_our_networks_from_the_vni_table(store: FlakyKV) -> None:
-    assert vni_networks(store)() == {LBNET1, LBNET2} == sd.our_networks()
-    store.kv.delete(VNI_KEY)
-    assert vni_networks(store)() == set()
+    assert vni_networks(store, LAYOUT)() == {LBNET1, LBNET2} == sd.our_networks()
+    store.kv.delete(LAYOUT.vni)
+    assert vni_networks(store, LAYOUT)() == set()
 
 
 def test_leader_writes_one_record_per_vip(store: FlakyKV) -> None:
@@ -141,7 +145,7 @@ def test_leader_writes_one_record_per_vip(store: FlakyKV) -> None:
     assert got[(LBNET1, WEB)].backends == backends(
         ("198.18.0.3", 1), ("198.18.0.4", 1), ("198.18.0.5", 1)
     )
-    table = MarkTable.load(store.kv.get(MARKS_KEY)).by_target
+    table = MarkTable.load(store.kv.get(LAYOUT.lb_marks)).by_target
     assert {k: mark(i) for k, i in table.items()} == {k: r.fwmark for k, r in got.items()}
     d = c.describe()
     assert (d["Role"], d["Services"], d["Backends"], d["LastError"]) == ("leader", 3, 7, None)
@@ -212,10 +216,10 @@ def test_removed_service_loses_its_records_and_marks(store: FlakyKV) -> None:
     view.set_phase("4-removed")
     assert c.run_once()
     assert set(records(store)) == {(LBNET1, WEB)}
-    assert set(MarkTable.load(store.kv.get(MARKS_KEY)).by_target) == {(LBNET1, WEB)}
+    assert set(MarkTable.load(store.kv.get(LAYOUT.lb_marks)).by_target) == {(LBNET1, WEB)}
     assert records(store)[(LBNET1, WEB)].fwmark == web_mark
     # Deleted before anything was written, so a freed mark never shows twice.
-    assert ("delete", service_key(LBNET1, PUB)) in store.writes
+    assert ("delete", LAYOUT.lb_service(LBNET1, PUB)) in store.writes
 
 
 @pytest.mark.parametrize("failing", ["info", "services", "tasks", "nodes"])
@@ -253,14 +257,14 @@ def test_a_store_outage_deletes_nothing(store: FlakyKV, down: str) -> None:
 
 
 def test_vni_table_lists_our_networks_only(store: FlakyKV) -> None:
-    store.kv.put(VNI_KEY, VniTable({LBNET2: 257}, 257).dump())
+    store.kv.put(LAYOUT.vni, VniTable({LBNET2: 257}, 257).dump())
     c = make(store, FakeView("1-running"))
     assert c.run_once()
     assert set(records(store)) == {(LBNET2, PUB)}
 
 
 def test_stale_and_unreadable_keys_under_the_prefix_go(store: FlakyKV) -> None:
-    stale = service_key(LBNET1, "gone" * 6)
+    stale = LAYOUT.lb_service(LBNET1, "gone" * 6)
     store.kv.put(stale, b"{not json")
     c = make(store, FakeView("4-removed"))
     assert c.run_once()
@@ -414,17 +418,17 @@ def test_swarm_view_reads_the_role_through_the_sdk_over_tcp() -> None:
 
 
 def test_a_freed_mark_leaves_the_store_before_it_is_reused(store: FlakyKV) -> None:
-    store.kv.put(VNI_KEY, VniTable({LBNET2: 257}, 257).dump())
+    store.kv.put(LAYOUT.vni, VniTable({LBNET2: 257}, 257).dump())
     c = make(store, FakeView("1-running"))
     assert c.run_once()
     assert records(store)[(LBNET2, PUB)].fwmark == mark(1)
     # lbnet2 leaves our networks and lbnet1 joins them: mark 1 moves to a new record.
-    store.kv.put(VNI_KEY, VniTable({LBNET1: 256}, 257).dump())
+    store.kv.put(LAYOUT.vni, VniTable({LBNET1: 256}, 257).dump())
     store.writes.clear()
     assert c.run_once()
     got = records(store)
     assert set(got) == {(LBNET1, WEB), (LBNET1, PUB)}
     reused = next(r for r in got.values() if r.fwmark == mark(1))
-    assert store.writes.index(("delete", service_key(LBNET2, PUB))) < store.writes.index(
-        ("put", reused.key())
+    assert store.writes.index(("delete", LAYOUT.lb_service(LBNET2, PUB))) < store.writes.index(
+        ("put", LAYOUT.lb_service(reused.network_id, reused.service_id))
     )

@@ -6,12 +6,16 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from core.layout import StoreLayout
 from driver.kernel.fake_lb import FakeLoadBalancer
 from driver.lb.model import Backend, ServiceRecord, mark
 from driver.lb.port import LoadBalancerError
 from driver.lb.programmer import LoadBalancing, sandbox_locator
-from driver.records import EndpointRecord, endpoint_key
+from driver.records import EndpointRecord, encode
+from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 IP = ipaddress.IPv4Address
 NET = "a" * 64
@@ -50,12 +54,12 @@ def record(service: str, index: int, *ips: str, weight: int = 1, net: str = NET)
 
 def join(local: MemoryKV, endpoint: str, sandbox: str, net: str = NET) -> None:
     ep = EndpointRecord(network_id=net, endpoint_id=endpoint, mac="02:42:0a:00:01:05")
-    local.put(endpoint_key(net, endpoint), ep.with_join(sandbox).to_json())
+    local.put(LAYOUT.endpoint(net, endpoint), encode(ep.with_join(sandbox)))
 
 
 def leave(local: MemoryKV, endpoint: str, net: str = NET) -> None:
     ep = EndpointRecord(network_id=net, endpoint_id=endpoint, mac="02:42:0a:00:01:05")
-    local.put(endpoint_key(net, endpoint), ep.to_json())
+    local.put(LAYOUT.endpoint(net, endpoint), encode(ep))
 
 
 def make(
@@ -64,7 +68,7 @@ def make(
     fake, local, clock = FakeLoadBalancer(), MemoryKV(), Clock()
     shared = shared if shared is not None else MemoryKV()
     return (
-        LoadBalancing(fake, local, shared, clock=clock, sandbox_wait=10),
+        LoadBalancing(fake, local, shared, clock=clock, sandbox_wait=10, layout=LAYOUT),
         fake,
         local,
         shared,
@@ -75,7 +79,7 @@ def make(
 def test_every_joined_sandbox_gets_the_services_of_its_networks() -> None:
     lb, fake, local, shared, _ = make()
     web = record("web", 1, "10.0.1.5", "10.0.1.6")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     for sb in ("/sb/1", "/sb/2"):
         fake.add_sandbox(Path(sb))
     join(local, "e1", "/sb/1")
@@ -90,13 +94,13 @@ def test_a_changed_record_reprograms_and_an_unchanged_one_costs_nothing() -> Non
     fake.add_sandbox(Path("/sb/1"))
     join(local, "e1", "/sb/1")
     web = record("web", 1, "10.0.1.5", "10.0.1.6")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     lb.sync()
     calls = len(fake.calls)
     lb.sync()
     assert len(fake.calls) == calls  # nothing changed: no kernel call
     drained = record("web", 1, "10.0.1.5")
-    shared.put(drained.key(), drained.to_json())
+    shared.put(LAYOUT.lb_service(drained.network_id, drained.service_id), drained.to_json())
     lb.sync()
     assert fake.sandboxes[Path("/sb/1")] == (drained.virtual_service(),)
 
@@ -106,9 +110,9 @@ def test_a_service_removed_leaves_nothing_in_the_sandbox() -> None:
     fake.add_sandbox(Path("/sb/1"))
     join(local, "e1", "/sb/1")
     web = record("web", 1, "10.0.1.5")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     lb.sync()
-    shared.delete(web.key())
+    shared.delete(LAYOUT.lb_service(web.network_id, web.service_id))
     lb.sync()
     assert fake.sandboxes[Path("/sb/1")] == ()
 
@@ -118,7 +122,7 @@ def test_a_sandbox_that_left_our_networks_is_cleared() -> None:
     fake.add_sandbox(Path("/sb/1"))
     join(local, "e1", "/sb/1")
     web = record("web", 1, "10.0.1.5")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     lb.sync()
     leave(local, "e1")  # docker network disconnect: the container lives on
     lb.sync()
@@ -130,7 +134,7 @@ def test_a_sandbox_not_bound_yet_is_retried_then_given_up_until_its_state_change
     lb, fake, local, shared, clock = make()
     join(local, "e1", "/sb/late")
     web = record("web", 1, "10.0.1.5")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     assert lb.sync() is True  # waiting for Docker to bind the namespace
     clock.now = 2.0
     fake.add_sandbox(Path("/sb/late"))
@@ -147,7 +151,7 @@ def test_a_sandbox_not_bound_yet_is_retried_then_given_up_until_its_state_change
     lb.sync()
     assert len(fake.calls) == calls  # given up: not tried again for the same state
     more = record("web", 1, "10.0.1.5", "10.0.1.7")
-    shared.put(more.key(), more.to_json())
+    shared.put(LAYOUT.lb_service(more.network_id, more.service_id), more.to_json())
     fake.add_sandbox(Path("/sb/never"))
     lb.sync()
     assert fake.sandboxes[Path("/sb/never")] == (more.virtual_service(),)
@@ -159,7 +163,7 @@ def test_an_outage_of_the_shared_store_changes_nothing_programmed() -> None:
     fake.add_sandbox(Path("/sb/1"))
     join(local, "e1", "/sb/1")
     web = record("web", 1, "10.0.1.5")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     lb.sync()
     shared.down = True
     calls = len(fake.calls)
@@ -197,7 +201,7 @@ def test_a_kernel_failure_is_reported_and_retried_at_the_next_pass() -> None:
     fake.add_sandbox(Path("/sb/1"))
     join(local, "e1", "/sb/1")
     web = record("web", 1, "10.0.1.5")
-    shared.put(web.key(), web.to_json())
+    shared.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
     fake.fail_next["program"] = LoadBalancerError("sysctl net.ipv4.vs.conntrack: read-only")
     lb.sync()
     assert "conntrack" in lb.status()["LastError"]
@@ -213,7 +217,7 @@ def test_status_lists_each_vip_with_its_backends_and_the_sandboxes_programmed() 
     web = record("web", 1, "10.0.1.5", "10.0.1.6")
     other = record("db", 2, "10.0.2.5", net=OTHER)
     for r in (web, other):
-        shared.put(r.key(), r.to_json())
+        shared.put(LAYOUT.lb_service(r.network_id, r.service_id), r.to_json())
     lb.sync()
     nets = {n["NetworkID"]: n for n in lb.status()["Networks"]}
     (svc,) = nets[NET]["Services"]

@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 
+from core.layout import StoreLayout
 from driver.kernel.fake import FakeKernel
 from driver.kernel.fake_lb import FakeLoadBalancer
 from driver.lb.model import Backend, ServiceRecord, mark
 from plugin import cli
-from plugin.app import create_app
+from plugin.app import STORE_ROOT, create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
 from tests.unit.conftest import fixture
+
+LAYOUT = StoreLayout(STORE_ROOT)
 
 LOCAL = {"SCOPE": "local", "SANDBOX_ROOT": ""}
 
@@ -80,7 +83,7 @@ def test_a_join_gets_its_sandbox_programmed_and_status_shows_the_vip(
             fwmark=mark(1),
             backends=(Backend(ipaddress.IPv4Address("10.0.1.3")),),
         )
-        store.put(web.key(), web.to_json())
+        store.put(LAYOUT.lb_service(web.network_id, web.service_id), web.to_json())
         sandbox = Path(join["SandboxKey"])
         post(client, "/NetworkDriver.Join", join)
         lb.add_sandbox(sandbox)  # Docker binds the namespace after Join returns

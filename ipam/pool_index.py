@@ -3,7 +3,7 @@
 One record per address space lists every allocated pool, so the overlap check
 and the insert happen in one compare-and-swap. Each pool carries an
 incarnation (a random tag chosen when the pool is first allocated) that ties it
-to its address record (``addresses.PoolRecord``): if a pool is released and
+to its address record (``pool_record.PoolRecord``): if a pool is released and
 allocated again, leftovers of the old record are recognised and discarded.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.iptypes import IPNetwork
-from ipam import records, spans, subnets
+from ipam import record_json, spans, subnets
 from ipam.errors import CorruptRecord, Exhausted, PoolOverlap
 
 
@@ -32,21 +32,21 @@ class PoolIndex:
         if self.spans_by_version is not None:
             return self.spans_by_version.get(version, ())
         return spans.normalize(
-            (lo, hi) for v, lo, hi in map(records.span, self.pools) if v == version
+            (lo, hi) for v, lo, hi in map(record_json.span, self.pools) if v == version
         )
 
     def encode(self) -> bytes:
-        return records.dump({"last": self.last, "pools": dict(self.pools)})
+        return record_json.dump({"last": self.last, "pools": dict(self.pools)})
 
     @classmethod
     def decode(cls, raw: bytes | None, what: str) -> PoolIndex:
         if raw is None:
             return cls()
-        obj: dict[str, Any] = records.load(raw, what)
+        obj: dict[str, Any] = record_json.load(raw, what)
         last = obj.get("last")
         if last is not None and not isinstance(last, str):
             raise CorruptRecord(f"store: {what} has a bad 'last'")
-        return cls(pools=records.string_map(obj.get("pools"), what), last=last)
+        return cls(pools=record_json.string_map(obj.get("pools"), what), last=last)
 
 
 def reserve_explicit(
@@ -63,7 +63,7 @@ def reserve_explicit(
         return index, held, False
     lo, hi = subnets.bounds(net)
     for other in index.pools:
-        version, other_lo, other_hi = records.span(other)
+        version, other_lo, other_hi = record_json.span(other)
         if version == net.version and other_lo <= hi and lo <= other_hi:
             raise PoolOverlap(
                 f"Pool {net} overlaps with pool {other} of another network in this address "
@@ -87,7 +87,7 @@ def reserve_dynamic(
     incarnation: str,
 ) -> tuple[PoolIndex, IPNetwork]:
     """Add the next free subnet of the default pools (see ``subnets.next_subnet``)."""
-    after = records.network(index.last) if index.last is not None else None
+    after = record_json.network(index.last) if index.last is not None else None
     version = defaults[0].version if defaults else 4
     held = index.blocked(version)
     blocked = held

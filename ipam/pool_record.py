@@ -31,7 +31,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from core.iptypes import IPAddress, IPNetwork
-from ipam import records, spans
+from ipam import record_json, spans
 from ipam.errors import AddressInUse, AddressOutOfPool, CorruptRecord, Exhausted
 
 NO_SUB_POOL = ""
@@ -50,7 +50,7 @@ class PoolRecord:
     owners: Mapping[int, str] = field(default_factory=dict)  # offset -> endpoint MAC
 
     def encode(self) -> bytes:
-        return records.dump(
+        return record_json.dump(
             {
                 "pool": str(self.pool),
                 "inc": self.incarnation,
@@ -64,7 +64,7 @@ class PoolRecord:
 
     @classmethod
     def decode(cls, raw: bytes, what: str) -> PoolRecord:
-        obj: dict[str, Any] = records.load(raw, what)
+        obj: dict[str, Any] = record_json.load(raw, what)
         try:
             holders = obj["holders"]
             if not isinstance(holders, dict):
@@ -74,9 +74,9 @@ class PoolRecord:
             # Records written before owners were kept have none.
             owners = {int(k): str(v) for k, v in dict(obj.get("owners") or {}).items()}
             rec = cls(
-                pool=records.network(str(obj["pool"])),
+                pool=record_json.network(str(obj["pool"])),
                 incarnation=str(obj["inc"]),
-                holders={str(k): records.string_map(v, what) for k, v in holders.items()},
+                holders={str(k): record_json.string_map(v, what) for k, v in holders.items()},
                 used=used,
                 gateway=None if gw is None else int(gw),
                 cursor=int(obj["next"]),

@@ -1,0 +1,115 @@
+"""Peer programming: this node's endpoints out to the control plane, everyone else's in.
+
+Snapshots of a network's endpoints come from the control plane (``driver.peers``);
+each is diffed against what was last programmed for that network, under the
+network's lock, and only the difference reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Mapping
+
+from driver import names
+from driver.encryption import Encryption
+from driver.kernel.port import Kernel, Peer
+from driver.keylocks import KeyedLocks
+from driver.local_state import LocalState
+from driver.peers import ControlPlane, PeerRecord, Snapshot, converge
+from driver.records import EndpointRecord
+
+log = logging.getLogger(__name__)
+
+
+class Peering:
+    def __init__(
+        self,
+        kernel: Kernel,
+        state: LocalState,
+        control: ControlPlane,
+        encryption: Encryption,
+        locks: KeyedLocks,
+        broken: Container[str],
+    ) -> None:
+        self.kernel = kernel
+        self.state = state
+        self.control = control
+        self.encryption = encryption
+        self._locks = locks
+        self._broken = broken  # networks with no kernel state to program
+        # Per network, under its lock: the remote peers last programmed.
+        self._programmed: dict[str, frozenset[Peer]] = {}
+
+    # -- ours, out -----------------------------------------------------------------
+
+    def publish(self, ep: EndpointRecord) -> None:
+        """Queue the endpoint's record; the control plane's thread sends it."""
+        vtep = self.state.vtep()
+        iface = ep.address or ep.address_v6
+        if vtep is None or iface is None:
+            log.warning(
+                "endpoint %s: not published: this node's data-path address is not known yet",
+                names.short(ep.endpoint_id),
+            )
+            return
+        self.control.publish(
+            PeerRecord(
+                network_id=ep.network_id,
+                endpoint_id=ep.endpoint_id,
+                ip=iface.ip,
+                mac=ep.mac,
+                vtep=vtep,
+            )
+        )
+
+    def withdraw(self, network_id: str, endpoint_id: str) -> None:
+        self.control.withdraw(network_id, endpoint_id)
+
+    def node_facts(self) -> Mapping[str, object]:
+        """This node's record: whether its kernel can do ESP, and if not, what is missing."""
+        esp = self.encryption.capability()
+        vtep = self.state.vtep()
+        return {
+            "vtep": str(vtep) if vtep else "",
+            "esp": esp.supported,
+            "esp_detail": "" if esp.supported else esp.detail,
+        }
+
+    def announce(self) -> None:
+        self.control.announce(self.node_facts())
+
+    # -- theirs, in ----------------------------------------------------------------
+
+    def forget(self, network_id: str) -> None:
+        """Under the network's lock: the next snapshot diffs against the kernel."""
+        self._programmed.pop(network_id, None)
+
+    def on_snapshot(self, network_id: str, snapshot: Snapshot, *, recheck: bool = False) -> None:
+        local = self.state.vtep()
+        want = frozenset(r.peer() for r in snapshot.values() if r.vtep != local)
+        with self._locks.hold(network_id):
+            net = self.state.network(network_id)
+            # Most snapshots change nothing here (events about our own endpoints) or
+            # one peer: diff against what we last programmed instead of dumping the
+            # FDB and neighbour table every time. The control plane's periodic
+            # recheck compares with the kernel, so drift cannot last.
+            known = self._programmed.pop(network_id, None)
+            have = None if recheck else known
+            if net is None or network_id in self._broken:
+                # A broken network has no device to program; the periodic recheck
+                # after its rebuild diffs against the kernel.
+                return
+            if have == want:
+                self._programmed[network_id] = want
+                return
+            if not net.encrypted:
+                converge(self.kernel, network_id, want, have)
+            else:
+                # SAs and policies for a new peer before its FDB entries (if this raises,
+                # no entry is made: fail closed); a departed peer's pair after its entries.
+                vteps = {p.vtep for p in want}
+                self.encryption.add_peers(network_id, vteps)
+                converge(self.kernel, network_id, want, have)
+                self.encryption.set_peers(network_id, vteps)
+            # Only after success: after a failure the next snapshot diffs with the kernel.
+            self._programmed[network_id] = want
