@@ -35,8 +35,6 @@ RETRY_INTERVAL = 30.0
 class NetworkBroken(Unavailable):
     """The network is in the store but its kernel state could not be made."""
 
-    http_status = 503
-
 
 def reason(e: BaseException) -> str:
     text = str(e) or type(e).__name__
