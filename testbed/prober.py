@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.proc import BedError
+from testbed.proc import BedError, ns_inode
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = b"swarmnet-prober"
@@ -61,7 +61,7 @@ class Prober:
         argv = [
             "nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-m", "testbed.prober",
             "--retrans-ms", str(retrans_ms), "--deadline", repr(deadline),
-            "--interval", repr(interval), "--quiet", repr(quiet),
+            "--interval", repr(interval), "--quiet", repr(quiet), "--not-in", _netns_id(),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -70,6 +70,7 @@ class Prober:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("\n".join(targets) + "\n")
         self.proc.stdin.close()
+        self.proc.stdin = None  # communicate() would flush it
 
     def ready(self) -> bool:
         """After the quiet check: True to go on, False when a target answered already."""
@@ -102,6 +103,11 @@ class Prober:
 
 
 # --------------------------------------------------------------------------- in the namespace
+
+
+def _netns_id() -> str:
+    """This process's network namespace, as text."""
+    return str(ns_inode("/proc/self/ns/net"))
 
 
 def _checksum(b: bytes) -> int:
@@ -150,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, required=True, help="epoch")
     parser.add_argument("--interval", type=float, required=True, help="seconds between rounds")
     parser.add_argument("--quiet", type=float, default=0.0)
+    parser.add_argument("--not-in", required=True, help="the starter's network namespace")
     args = parser.parse_args(argv)
+    if args.not_in == _netns_id():
+        # It lowers the namespace's ARP timers: never those of the namespace it was started from.
+        print("refused: run me in a container's network namespace", flush=True)
+        return 2
     pending = {t.strip() for t in sys.stdin.read().split() if t.strip()}
     base = "/proc/sys/net/ipv4/neigh"
     for dev in os.listdir(base):
