@@ -114,10 +114,6 @@ class Node(Dockerd):
     def is_manager(self) -> bool:
         return self.index <= self.lab.managers
 
-    @property
-    def cgroup(self) -> str:
-        return self.cgroup_parent
-
     # -- paths
     @property
     def dir(self) -> Path:
@@ -225,7 +221,7 @@ class Node(Dockerd):
             daemon_json.write_text(json.dumps(self.lab.daemon_config, indent=2) + "\n")
         script = self.dir / "start.sh"
         script.write_text(self._start_script())
-        tracking = self.lab.cgroups.tracking / self.cgroup.lstrip("/") / "daemon"
+        tracking = self.lab.cgroups.tracking / self.cgroup_parent.lstrip("/") / "daemon"
         self._proc = self.lab._spawn(
             ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--", "sh", str(script)],
             log=self.log, cgroup=tracking)
@@ -248,7 +244,8 @@ class Node(Dockerd):
         layout = self.lab.cgroups
 
         def find() -> set[int]:
-            pids = netns_pids(self.netns) | cgroup_procs(layout.tracking / self.cgroup.lstrip("/"))
+            own = layout.tracking / self.cgroup_parent.lstrip("/")
+            pids = netns_pids(self.netns) | cgroup_procs(own)
             for cg in find_cgroups(layout.tracking, plugins):
                 pids |= cgroup_procs(cg)
             return pids
