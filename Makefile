@@ -119,7 +119,7 @@ push: plugin
 # --- tests ---
 
 lint: venv
-	$(PYTHON) -m ruff check core plugin driver ipam tests bench
+	$(PYTHON) -m ruff check core plugin driver ipam testbed tests bench
 	$(PYTHON) -m mypy
 
 test-unit: venv
@@ -199,10 +199,10 @@ bench-lb: venv
 # --- the multi-host lab by hand ---
 
 lab-up: venv  ## e.g. make lab-up LAB_ARGS="--nodes 3 --plugin build/plugin"
-	$(PYTHON) -m tests.lab up $(LAB_ARGS)
+	$(PYTHON) -m testbed.multihost up $(LAB_ARGS)
 
 lab-down: venv
-	$(PYTHON) -m tests.lab down $(LAB_ARGS)
+	$(PYTHON) -m testbed.multihost down $(LAB_ARGS)
 
 clean:
 	rm -rf $(CONTEXT) $(BUNDLE) $(BUILD)/.plugin $(BUILD)/lib $(BUILD)/bdist.* *.egg-info

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from plugin.unixhttp import UnixHTTPConnection  # noqa: E402
-from tests.lab import IMAGE as IMAGE  # noqa: E402  (re-exported for the bench modules)
-from tests.lab import Lab as Lab  # noqa: E402
-from tests.lab import LabError as LabError  # noqa: E402
-from tests.lab import Node as Node  # noqa: E402
+from testbed.dockerd import unix_request  # noqa: E402
+from testbed.multihost import IMAGE as IMAGE  # noqa: E402  (re-exported for the bench modules)
+from testbed.multihost import Lab as Lab  # noqa: E402
+from testbed.multihost import LabError as LabError  # noqa: E402
+from testbed.multihost import Node as Node  # noqa: E402
+from testbed.proc import wait_for as wait_until  # noqa: E402  (re-exported for the bench modules)
 
 OURS = "ours"
 DOCKER = "docker"
@@ -193,15 +194,9 @@ def api_get(node: Node, path: str, query: dict[str, Any] | None = None,
     if query:
         path += "?" + urllib.parse.urlencode(
             {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in query.items()})
-    conn = UnixHTTPConnection(node.socket, timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise LabError(f"GET {path} on {node.netns}: {resp.status} {body[:200]!r}")
+    status, body = unix_request(node.socket, "GET", path, timeout=timeout)
+    if status != 200:
+        raise LabError(f"GET {path} on {node.netns}: {status} {body[:200]!r}")
     return json.loads(body)
 
 
@@ -227,15 +222,6 @@ def node_mount_exec(node: Node, netns_path: str, argv: Sequence[str],
     cmd = ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", "nsenter", f"--net={netns_path}",
            "--", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-
-
-def wait_until(what: str, ok: Callable[[], object], timeout: float,
-               interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- the machine

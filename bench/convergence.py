@@ -9,7 +9,7 @@ With several drivers the runs alternate (A, B, A, B, ...) in one invocation, so 
 affects them alike. Each driver gets its own attachable network with a fixed subnet; run k
 starts its target at a fresh address, so no neighbour entry from an earlier run can help.
 
-The pinger runs in the node-1 container's network namespace (entered with nsenter) and sends an
+The pinger (testbed.prober) runs in the node-1 container's network namespace and sends an
 ICMP echo every 2 ms. Its ARP retransmit time is lowered (default 10 ms) so that a miss before
 the driver has programmed the peer costs milliseconds, not the kernel's default 1 s: the driver
 is measured, not the ARP timer. Before each run it checks for 0.2 s that the address does not
@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,59 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.lab import IMAGE, Lab, LabError, Node  # noqa: E402
-
-# Runs inside the pinging container's network namespace: argv = target, arp_retrans_ms.
-PINGER = r"""
-import os, select, socket, struct, sys, time
-target, retrans = sys.argv[1], sys.argv[2]
-base = "/proc/sys/net/ipv4/neigh"
-for dev in os.listdir(base):
-    if dev != "lo":
-        with open(f"{base}/{dev}/retrans_time_ms", "w") as f:
-            f.write(retrans)
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-sock.setblocking(False)
-ident = os.getpid() & 0xFFFF
-def checksum(b):
-    b += b"\0" * (len(b) % 2)
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
-    return ~s & 0xFFFF
-def send(seq):
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
-    pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + b"snlab-convergence"), ident,
-                      seq & 0xFFFF) + b"snlab-convergence"
-    try:
-        sock.sendto(pkt, (target, 0))
-    except OSError:
-        pass  # EHOSTUNREACH while ARP fails: keep trying
-def replied():
-    while True:
-        try:
-            data, (src, _) = sock.recvfrom(2048)
-        except BlockingIOError:
-            return False
-        ihl = (data[0] & 0x0F) * 4
-        icmp_type, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        if src == target and icmp_type == 0 and rid == ident:
-            return True
-seq = 0
-quiet_until = time.monotonic() + 0.2
-while time.monotonic() < quiet_until:
-    send(seq); seq += 1
-    select.select([sock], [], [], 0.002)
-    if replied():
-        print("stale", flush=True); sys.exit(3)
-print("ready", flush=True)
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    send(seq); seq += 1
-    r, _, _ = select.select([sock], [], [], 0.002)
-    if r and replied():
-        print(f"reply {time.time():.6f}", flush=True); sys.exit(0)
-print("timeout", flush=True); sys.exit(4)
-"""
+from testbed.multihost import IMAGE, Lab, LabError, Node  # noqa: E402
+from testbed.prober import Prober  # noqa: E402
 
 
 @dataclass
@@ -159,17 +107,10 @@ def measure_once(node2: Node, net: str, pid: int, target: str, retrans_ms: int, 
     name = f"{net}-target"
     node2.docker("rm", "-f", name, check=False)
     for _attempt in range(20):
-        pinger = subprocess.Popen(
-            ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", PINGER, target,
-             str(retrans_ms)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert pinger.stdout is not None
-        first = pinger.stdout.readline().strip()
-        if first == "ready":
+        pinger = Prober(pid, [target], retrans_ms=retrans_ms, deadline=time.time() + 60.2,
+                        interval=0.002, quiet=0.2)
+        if pinger.ready():
             break
-        pinger.wait()
-        if first != "stale":
-            err = pinger.stderr.read() if pinger.stderr else ""
-            raise LabError(f"pinger failed: {first} {err}")
         time.sleep(0.5)  # the previous target's entries are still there: give them time
     else:
         raise LabError(f"{target} still answers before the run")
@@ -177,18 +118,14 @@ def measure_once(node2: Node, net: str, pid: int, target: str, retrans_ms: int, 
     started = node2.docker("run", "-d", "--name", name, "--network", net, "--ip", target,
                            IMAGE, "sleep", "1d", check=False, timeout=120)
     t_run = time.time() - t0
-    try:
-        out, err = pinger.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        pinger.kill()
-        out, err = pinger.communicate()
+    probe = pinger.result(timeout=90)
     if started.returncode != 0:
         result.failures.append(f"run {run}: docker run failed: {started.stderr.strip()}")
-    elif pinger.returncode == 0 and out.startswith("reply "):
-        result.convergence.append(float(out.split()[1]) - t0)
+    elif target in probe.first:
+        result.convergence.append(probe.first[target] - t0)
         result.docker_run.append(t_run)
     else:
-        result.failures.append(f"run {run}: no reply from {target}: {out.strip()} {err.strip()}")
+        result.failures.append(f"run {run}: no reply from {target} within 60 s")
     node2.docker("rm", "-f", name, check=False)
 
 

@@ -6,7 +6,7 @@ Needs a kernel with ESP, so it runs inside kernel-lab:
         /root/.pyenv/versions/3.11.7/bin/python bench/ipsec_bench.py --seconds 5 --runs 2
 
 Two hosts are namespaces on one underlay bridge, each running the driver
-service with the netlink kernel and real xfrm (tests/kernellab/hostlab.py).
+service with the netlink kernel and real xfrm (testbed/hostlab.py).
 Each has a container on an encrypted network (ESP, UDP 4790) and one on a plain
 network (UDP 4789). iperf3 (TCP, one stream) runs container to container; runs
 alternate plain, encrypted, plain, ... so load on the machine hits both alike.
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from driver.config import EncryptionConfig  # noqa: E402
-from tests.kernellab.hostlab import Endpoint, HostLab  # noqa: E402
+from testbed.hostlab import Endpoint, HostLab  # noqa: E402
 
 ENC, PLAIN = "b1b1b1b1b1b1b1b1b1b1b1b1b", "b2b2b2b2b2b2b2b2b2b2b2b2b"
 

@@ -46,13 +46,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPVS, IPRoute
+from pyroute2 import IPVS
 
 from core.layout import StoreLayout
 from driver.kernel import lb_ipvs, lb_nft, nsfs
@@ -70,6 +70,7 @@ from driver.records import EndpointRecord, encode
 from plugin.app import STORE_ROOT
 from plugin.store.memory import MemoryKV
 from plugin.store.sqlite import SqliteKV
+from testbed.netns import ipr_in
 
 IP = ipaddress.IPv4Address
 LAYOUT = StoreLayout(STORE_ROOT)
@@ -118,14 +119,6 @@ def vm_rss_kib() -> int:
 
 
 # --------------------------------------------------------------------------- namespaces
-
-
-@contextlib.contextmanager
-def ipr_in(path: Path) -> Iterator[Any]:
-    """A pyroute2 handle on the namespace at ``path`` (closed on exit)."""
-    sock = nsfs.socket_in(path)
-    with IPRoute(fileno=sock.detach(), groups=0) as ipr:
-        yield ipr
 
 
 def index_of(ipr: Any, name: str) -> int:

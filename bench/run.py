@@ -1,6 +1,6 @@
 """`make bench`: swarmnet-overlay side by side with Docker's built-in overlay (issue 6).
 
-One invocation, one 3-node lab (tests/lab), both drivers measured alternately, metric by
+One invocation, one 3-node lab (testbed.multihost), both drivers measured alternately, metric by
 metric; prints the table and writes JSON (and a Markdown copy of the table) to build/bench/.
 
     python -m bench.run                     # full run (about 20 minutes on a busy 2-core host)
@@ -11,7 +11,7 @@ metric; prints the table and writes JSON (and a Markdown copy of the table) to b
 Needs root and what the lab needs (docs/lab.md), plus iperf3. The plugin bundle is
 build/plugin; when it is missing or older than the sources it is built first with `make plugin`
 against node 1's dockerd. The lab is always removed at the end, even after a failure, unless
---keep is given (then remove it with `python -m tests.lab --workdir DIR down`).
+--keep is given (then remove it with `python -m testbed.multihost --workdir DIR down`).
 """
 
 from __future__ import annotations

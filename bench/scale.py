@@ -15,7 +15,6 @@ import ipaddress
 import json
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,6 @@ from bench.common import (
     Row,
     alternate,
     create_network,
-    in_netns,
     log,
     node_mount_exec,
     remove_network,
@@ -37,61 +35,7 @@ from bench.common import (
     start_holders,
     step,
 )
-
-# argv: arp_retrans_ms, deadline (epoch); stdin: one target address per line.
-# Prints one JSON line: {"all": epoch of the last first reply or null, "first": {ip: epoch}}.
-PROBER = r"""
-import json, os, select, socket, struct, sys, time
-retrans, deadline = sys.argv[1], float(sys.argv[2])
-targets = [t.strip() for t in sys.stdin.read().split() if t.strip()]
-base = "/proc/sys/net/ipv4/neigh"
-for dev in os.listdir(base):
-    if dev != "lo":
-        with open(f"{base}/{dev}/retrans_time_ms", "w") as f:
-            f.write(retrans)
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-sock.setblocking(False)
-ident = os.getpid() & 0xFFFF
-payload = b"snlab-scale"
-def checksum(b):
-    b += b"\0" * (len(b) % 2)
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
-    return ~s & 0xFFFF
-def packet(seq):
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
-    return struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), ident, seq & 0xFFFF) + payload
-first = {}
-pending = set(targets)
-seq = 0
-while pending and time.time() < deadline:
-    for t in list(pending):
-        seq += 1
-        try:
-            sock.sendto(packet(seq), (t, 0))
-        except OSError:
-            pass  # EHOSTUNREACH while ARP fails: the next round tries again
-    cycle_end = time.monotonic() + 0.2
-    while pending:
-        left = cycle_end - time.monotonic()
-        if left <= 0:
-            break
-        r, _, _ = select.select([sock], [], [], left)
-        if not r:
-            continue
-        while True:
-            try:
-                data, (src, _) = sock.recvfrom(2048)
-            except BlockingIOError:
-                break
-            ihl = (data[0] & 0x0F) * 4
-            icmp_type, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if icmp_type == 0 and rid == ident and src in pending:
-                pending.discard(src)
-                first[src] = time.time()
-print(json.dumps({"all": max(first.values()) if not pending and first else None,
-                  "first": first, "missing": sorted(pending)}), flush=True)
-"""
+from testbed.prober import Prober
 
 
 def subnet_for(base: ipaddress.IPv4Network, n: int, index: int) -> ipaddress.IPv4Network:
@@ -160,19 +104,12 @@ def run_once(ctx: Context, label: str, subnet: ipaddress.IPv4Network, n: int, ti
                              "dnsrr", IMAGE, "sleep", "1d", timeout=120)
         targets = _task_addresses(ctx, svc, net, n, timeout)
         result["addresses_known_s"] = time.time() - t0
-        probers = {}
-        for i, holder in net.holders.items():
-            probers[i] = subprocess.Popen(
-                in_netns(holder.pid, [sys.executable, "-c", PROBER, str(arp_retrans_ms),
-                                      str(t0 + timeout)]),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            stdin = probers[i].stdin
-            assert stdin is not None
-            stdin.write("\n".join(targets) + "\n")
-            stdin.close()
+        probers = {i: Prober(holder.pid, targets, retrans_ms=arp_retrans_ms,
+                             deadline=t0 + timeout, interval=0.2)
+                   for i, holder in net.holders.items()}
         all_running = None
         # Until the probers are done and all tasks are Running (or the run's deadline).
-        while any(p.poll() is None for p in probers.values()) or (
+        while any(p.running() for p in probers.values()) or (
                 all_running is None and time.time() < t0 + timeout):
             if all_running is None and _running(ctx, svc) >= n:
                 all_running = time.time() - t0
@@ -181,16 +118,10 @@ def run_once(ctx: Context, label: str, subnet: ipaddress.IPv4Network, n: int, ti
         result["all_running_s"] = all_running
         per_node: dict[int, Any] = {}
         for i, p in probers.items():
-            out = p.stdout.read() if p.stdout else ""
-            err = p.stderr.read() if p.stderr else ""
-            try:
-                rep = json.loads(out.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                raise LabError(f"scale prober on node {i} failed: {out[-300:]} "
-                               f"{err[-500:]}") from None
-            per_node[i] = {"all_reachable_s": None if rep["all"] is None else rep["all"] - t0,
-                           "reached": len(rep["first"]), "missing": rep["missing"][:20],
-                           "first_reply_s": sorted(v - t0 for v in rep["first"].values())}
+            probe = p.result(timeout=60)
+            per_node[i] = {"all_reachable_s": None if probe.all is None else probe.all - t0,
+                           "reached": len(probe.first), "missing": probe.missing[:20],
+                           "first_reply_s": sorted(v - t0 for v in probe.first.values())}
         result["nodes"] = per_node
         log(f"scale {label}: all reachable (s) per node: "
             + ", ".join(f"node{i} {v['all_reachable_s']}" for i, v in per_node.items()))

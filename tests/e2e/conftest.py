@@ -7,12 +7,12 @@ dockerd for ``docker build``). Each dockerd's log is kept in ``build/e2e/`` afte
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from testbed.proc import unavailable
 from tests.e2e.dockerhost import (
     BUSYBOX,
     DOCKER,
@@ -27,15 +27,11 @@ LOG_DIR = REPO / "build" / "e2e"
 
 
 def e2e_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "end-to-end tests need root (dockerd, namespaces, mounts)"
-    for tool in (DOCKER, DOCKERD, BUSYBOX, "/usr/bin/nsenter", "/usr/sbin/debootstrap"):
-        if not os.access(tool, os.X_OK):
-            return f"end-to-end tests need {tool}"
-    for tool in ("ip", "findmnt", "make"):
-        if shutil.which(tool) is None:
-            return f"end-to-end tests need {tool}"
-    return None
+    return unavailable(
+        "end-to-end tests need", "dockerd, namespaces, mounts",
+        (DOCKER, DOCKERD, BUSYBOX, "/usr/bin/nsenter", "/usr/sbin/debootstrap"),
+        ("ip", "findmnt", "make"),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -1,53 +1,32 @@
-"""Hosts made of network namespaces, and the two kernels seen through one harness.
-
-A ``NetlinkHost`` is a fresh namespace standing in for the host, its own
-directory for network namespaces, and a ``NetlinkKernel`` pointed at both, so
-the machine's real host namespace is never touched. ``close()`` unmounts every
-namespace it made: their links go with them, even when a test failed half-way.
-"""
+"""The two kernels seen through one harness, on hosts made of network namespaces
+(:class:`testbed.kernelhost.NetlinkHost`)."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-
-from pyroute2 import IPRoute
 
 from core.iptypes import IPInterface, IPNetwork
 from driver import names
 from driver.kernel import nsfs
 from driver.kernel.fake import FakeKernel
-from driver.kernel.netlink import NetlinkKernel
 from driver.kernel.port import Kernel
+from testbed.kernelhost import ROUTED
+from testbed.kernelhost import UNDERLAY_IF as UNDERLAY_IF
+from testbed.kernelhost import NetlinkHost as NetlinkHost
+from testbed.mounts import mounts_under as mounts_under
+from testbed.netns import ipr_in as ipr_in
+from testbed.netns import link as link
 
 # The harness's host: an underlay interface with this address and MTU carries
 # the default route, plus one more routed network.
-UNDERLAY_IF = "ul0"
 UNDERLAY_ADDR = ipaddress.ip_interface("198.51.100.2/24")
 UNDERLAY_GW = "198.51.100.1"
 UNDERLAY_MTU = 1450
-ROUTED = ipaddress.ip_network("203.0.113.0/24")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-
-
-@contextmanager
-def ipr_in(path: Path) -> Iterator[Any]:
-    """A pyroute2 handle on the namespace at ``path`` (closed on exit)."""
-    sock = nsfs.socket_in(path)
-    with IPRoute(fileno=sock.detach(), groups=0) as ipr:
-        yield ipr
-
-
-def link(ipr: Any, name: str) -> Any:
-    """The link called ``name``, or None."""
-    found = ipr.link_lookup(ifname=name)
-    return ipr.link("get", index=found[0])[0] if found else None
 
 
 def addresses(ipr: Any, index: int) -> set[IPInterface]:
@@ -107,99 +86,6 @@ def udp_echo(
             if reply == payload:
                 return True
     return False
-
-
-class NetlinkHost:
-    """A namespace playing the host, with a NetlinkKernel that lives in it."""
-
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.ns = root / "host"
-        self.netns_dir = root / "netns"
-        self.containers: list[Path] = []
-        nsfs.create(self.ns)
-        self.kernel = NetlinkKernel(netns_dir=self.netns_dir, host_netns=self.ns)
-        try:
-            with ipr_in(self.ns) as ipr:
-                ipr.link("set", index=link(ipr, "lo")["index"], state="up")
-        except BaseException:
-            self.close()
-            raise
-
-    def add_underlay(self, address: IPInterface, mtu: int, gateway: str | None) -> None:
-        with ipr_in(self.ns) as ipr:
-            # No dummy driver in every kernel: a veth whose far end stays here too.
-            ipr.link("add", ifname=UNDERLAY_IF, kind="veth", mtu=mtu, peer=f"{UNDERLAY_IF}far")
-            ipr.link("set", index=link(ipr, f"{UNDERLAY_IF}far")["index"], state="up")
-            index = link(ipr, UNDERLAY_IF)["index"]
-            prefixlen = address.network.prefixlen
-            ipr.addr("add", index=index, address=str(address.ip), prefixlen=prefixlen)
-            ipr.link("set", index=index, state="up")
-            if gateway is not None:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-                ipr.route("add", dst=str(ROUTED), gateway=gateway)
-
-    def container(self, name: str) -> Path:
-        path = self.root / "containers" / name
-        nsfs.create(path)
-        self.containers.append(path)
-        with ipr_in(path) as ipr:
-            ipr.link("set", index=link(ipr, "lo")["index"], state="up")
-        return path
-
-    def join(self, endpoint_id: str, address: IPInterface | None = None) -> Path:
-        """Do what Docker does on Join: move the host side into a container and configure it."""
-        container = self.container(names.short(endpoint_id))
-        fd = nsfs.open_fd(container)
-        try:
-            with ipr_in(self.ns) as ipr:
-                index = link(ipr, names.veth_host(endpoint_id))["index"]
-                ipr.link("set", index=index, net_ns_fd=fd)
-        finally:
-            os.close(fd)
-        with ipr_in(container) as ipr:
-            index = link(ipr, names.veth_host(endpoint_id))["index"]
-            ipr.link("set", index=index, ifname="eth0")
-            if address is not None:
-                ipr.addr(
-                    "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-                )
-            ipr.link("set", index=index, state="up")
-        return container
-
-    def our_links(self) -> set[str]:
-        with ipr_in(self.ns) as ipr:
-            return {
-                str(msg.get("ifname"))
-                for msg in ipr.link("dump")
-                if names.is_ours(str(msg.get("ifname")))
-            }
-
-    def close(self) -> None:
-        errors: list[BaseException] = []
-        for network_id in sorted(self.kernel.network_ids()):
-            try:
-                self.kernel.remove_network(network_id)
-            except Exception as exc:
-                errors.append(exc)
-        leftovers = list(self.netns_dir.iterdir()) if self.netns_dir.exists() else []
-        for path in [*leftovers, *self.containers, self.ns]:
-            try:
-                nsfs.remove(path)
-            except OSError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        left = mounts_under(self.root)
-        assert not left, f"namespaces still mounted after cleanup: {left}"
-
-
-def mounts_under(root: Path) -> list[str]:
-    prefix = str(root.resolve()) + "/"
-    with open("/proc/self/mountinfo") as info:
-        points = [line.split()[4] for line in info]
-    return [p for p in points if p.startswith(prefix)]
 
 
 class Harness(Protocol):

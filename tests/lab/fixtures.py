@@ -6,26 +6,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testbed.proc import unavailable
 from tests.lab.lab import DOCKER, DOCKERD, ETCD, Lab
 
 
 def lab_unavailable() -> str | None:
     """Why the lab cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "the multi-host lab needs root (network namespaces, mounts, cgroups)"
-    for tool in (DOCKER, DOCKERD, ETCD, "/bin/busybox"):
-        if not os.access(tool, os.X_OK):
-            return f"the multi-host lab needs {tool}"
-    if shutil.which("ip") is None:
-        return "the multi-host lab needs iproute2"
-    return None
+    return unavailable("the multi-host lab needs", "network namespaces, mounts, cgroups",
+                       (DOCKER, DOCKERD, ETCD, "/bin/busybox"), ("ip",))
 
 
 @pytest.fixture(scope="session")

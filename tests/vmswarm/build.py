@@ -18,7 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.dockerhost import REPO, DockerHost, HostError, run
+from testbed.dockerhost import REPO, DockerHost
+from testbed.proc import BedError as HostError
+from testbed.proc import run
 
 BUNDLE = REPO / "build" / "plugin"
 STAMP = REPO / "build" / ".plugin"
@@ -40,9 +42,7 @@ def build_bundle(log: Path | None = None) -> float:
     """``make plugin`` on a throwaway dockerd; returns the seconds it took."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="snvmb-") as tmp:
-        host = DockerHost(Path(tmp), "build")
-        host.netns = f"{NETNS_PREFIX}{os.getpid()}"
-        host.cgroup_parent = f"/{host.netns}"
+        host = DockerHost(Path(tmp), "build", netns_prefix=NETNS_PREFIX)
         try:
             host.up()
             out = host.make("plugin", timeout=1500)

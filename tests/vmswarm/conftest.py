@@ -10,31 +10,24 @@ mean load balancing was exercised.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.dockerhost import HostError
+from testbed.kernellab import outside_kernel_lab
+from testbed.proc import BedError as HostError
 from tests.vmswarm import vmlab
 
 HOW = "make test-kernellab-swarm (builds build/plugin.tar, then one kernel-lab boot)"
 _TIMINGS = pytest.StashKey[dict[str, float]]()
 
 
-def in_kernel_lab() -> bool:
-    return socket.gethostname() == "kernel-lab"
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("kernellab") is None:
-        return
-    if not in_kernel_lab():
-        pytest.fail(f"this test needs IPVS and must run inside kernel-lab: {HOW}", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("kernel-lab tests run as root", pytrace=False)
+    if item.get_closest_marker("kernellab") is not None:
+        problem = outside_kernel_lab("IPVS", HOW)
+        if problem:
+            pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")

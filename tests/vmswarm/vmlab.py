@@ -10,7 +10,7 @@ under emulation; see the timings this module records):
   (rslave), and a namespace bound there after the plugin started reaches it only when
   the host side of that mount is shared;
 * dockerd in a network namespace of its own with a veth "underlay" (the e2e test bed,
-  :class:`tests.e2e.dockerhost.DockerHost`), ``swarm init``, a busybox image;
+  :class:`testbed.dockerhost.DockerHost`), ``swarm init``, a busybox image;
 * the plugin made from ``build/plugin.tar`` (``python -m tests.vmswarm.build`` writes it on
   the host) with one ``POST /plugins/create``, what ``docker plugin create`` sends, without
   walking the bundle's files over 9p; then ``plugin set`` and ``plugin enable``.
@@ -34,17 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.dockerhost import (
-    BUSYBOX,
-    PLUGIN_EXEC_ROOT,
-    PLUGIN_NAME,
-    REPO,
-    DockerHost,
-    HostError,
-    run,
-    unix_post,
-    wait_for,
-)
+from testbed.dockerd import PLUGIN_NAME, unix_post
+from testbed.dockerhost import PLUGIN_EXEC_ROOT, REPO, DockerHost
+from testbed.image import BUSYBOX
+from testbed.proc import BedError as HostError
+from testbed.proc import run, wait_for
 
 TARBALL = REPO / "build" / "plugin.tar"
 LOG_DIR = REPO / "build" / "vmswarm"

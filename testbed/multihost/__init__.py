@@ -1,0 +1,13 @@
+"""The multi-host lab: an N-node Docker swarm on one machine, plus etcd.
+
+    from testbed.multihost import Lab
+    with Lab(nodes=3, workdir=Path("build/lab")) as lab:
+        lab.node(1).docker("node", "ls")
+
+CLI: ``python -m testbed.multihost up|down|status|exec NODE -- CMD``. See docs/lab.md.
+"""
+
+from testbed.image import IMAGE
+from testbed.multihost.lab import DEFAULT_SUBNET, DEFAULT_WORKDIR, Lab, LabError, Node
+
+__all__ = ["DEFAULT_SUBNET", "DEFAULT_WORKDIR", "IMAGE", "Lab", "LabError", "Node"]
