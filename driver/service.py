@@ -20,6 +20,7 @@ from driver import names
 from driver.config import VXLAN_OVERHEAD, DriverConfig
 from driver.encryption import Encryption, Ipsec, NoIpsec
 from driver.errors import Conflict, DriverError, InvalidArgument, UnknownObject, Unsupported
+from driver.events import NO_EVENTS, DriverEvents
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import Rotation
 from driver.kernel.port import EndpointSpec, IPAddress, Kernel, NetworkSpec, Peer
@@ -97,6 +98,7 @@ class NetworkDriverService:
         # Called after a Join or Leave changed which sandboxes are on our networks
         # (load balancing programs them); must not block.
         self.on_sandbox_change: Callable[[], None] = lambda: None
+        self.events: DriverEvents = NO_EVENTS  # metrics hook (driver/events.py)
 
     # -- helpers -------------------------------------------------------------
 
@@ -186,18 +188,24 @@ class NetworkDriverService:
                 return
             if have == want:
                 self._programmed[network_id] = want
+                self.events.peers_programmed(  # metrics hook
+                    network_id, snapshot, local, added=0, removed=0, recheck=recheck
+                )
                 return
             if not net.encrypted:
-                converge(self.kernel, network_id, want, have)
+                added, removed = converge(self.kernel, network_id, want, have)
             else:
                 # SAs and policies for a new peer before its FDB entries (if this raises,
                 # no entry is made: fail closed); a departed peer's pair after its entries.
                 vteps = {p.vtep for p in want}
                 self.encryption.add_peers(network_id, vteps)
-                converge(self.kernel, network_id, want, have)
+                added, removed = converge(self.kernel, network_id, want, have)
                 self.encryption.set_peers(network_id, vteps)
             # Only after success: after a failure the next snapshot diffs with the kernel.
             self._programmed[network_id] = want
+            self.events.peers_programmed(  # metrics hook
+                network_id, snapshot, local, added=added, removed=removed, recheck=recheck
+            )
 
     def _mtu(self, options: Mapping[str, str], encrypted: bool = False) -> int:
         raw = options.get(OPT_MTU)
