@@ -11,7 +11,9 @@ at the end of the module, before the dockerd is torn down.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,20 @@ class Prometheus:
         result: list[dict[str, Any]] = reply["data"]["result"]
         return result
 
+    def query_range(
+        self, promql: str, start: float, end: float, step: float
+    ) -> list[dict[str, Any]]:
+        out = self.host.in_netns(
+            "curl", "-sf", "--max-time", "20", "-G",
+            f"http://{PROMETHEUS_ADDR}/api/v1/query_range", "--data-urlencode", f"query={promql}",
+            "--data-urlencode", f"start={start}", "--data-urlencode", f"end={end}",
+            "--data-urlencode", f"step={step}",
+        )
+        reply = json.loads(out.stdout)
+        assert reply["status"] == "success", reply
+        result: list[dict[str, Any]] = reply["data"]["result"]
+        return result
+
     def value(self, promql: str) -> float | None:
         """The single sample's value, or None when the query returns no series."""
         result = self.query(promql)
@@ -139,6 +155,7 @@ def test_prometheus_sees_containers_join_and_leave(
     metrics_host: DockerHost, prometheus: Prometheus
 ) -> None:
     h, prom = metrics_host, prometheus
+    started = time.time()
     eventually(prom, 'up{job="swarmnet"}', 1)
     # The plugin port is on the dockerd's loopback only: its namespace has no other address
     # that reaches it (METRICS_ADDR is 127.0.0.1).
@@ -191,6 +208,10 @@ def test_prometheus_sees_containers_join_and_leave(
     fds = prom.value('process_open_fds{job="swarmnet"}')
     assert fds is not None and fds > 3
 
+    picture = os.environ.get("SWARMNET_DASHBOARD_PNG")
+    if picture:
+        render_dashboard(h, prom, Path(picture), started)
+
     h.docker("rm", "-f", boxes[1].name, timeout=120)
     h.docker("network", "rm", "pm1", timeout=60)
     eventually(prom, "swarmnet_networks", 0)
@@ -201,3 +222,25 @@ def test_prometheus_sees_containers_join_and_leave(
         30,
         interval=0.5,
     )
+
+
+def render_dashboard(h: DockerHost, prom: Prometheus, out: Path, started: float) -> None:
+    """docs/grafana-dashboard.png: a few minutes of containers coming and going on two
+    networks, then every dashboard panel drawn from this Prometheus (bench/dashboard.py)."""
+    from bench.dashboard import render
+
+    create_network(h, "pm2", "--ipam-driver", PLUGIN_NAME, "--subnet", "10.234.2.0/24")
+    until = time.monotonic() + 240
+    n = 0
+    while time.monotonic() < until:
+        name = f"pc{n % 6}"
+        h.docker("rm", "-f", name, check=False, timeout=120)
+        run_box(h, name, "pm2" if n % 2 else "pm1")
+        n += 1
+        time.sleep(3)
+    for k in range(6):
+        h.docker("rm", "-f", f"pc{k}", check=False, timeout=120)
+    h.docker("network", "rm", "pm2", timeout=60)
+    time.sleep(20)
+    drawn = render(prom.query_range, out, started, time.time(), 2.0)
+    assert drawn >= 8, f"only {drawn} panels had data"
