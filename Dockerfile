@@ -41,7 +41,7 @@ RUN set -eux; \
            "$stdlib"/lib-dynload/nis* "$stdlib"/lib-dynload/ossaudiodev* \
            "$stdlib"/lib-dynload/audioop* "$stdlib"/lib-dynload/_crypt*; \
     find / -xdev -depth -name __pycache__ -type d -exec rm -rf {} +; \
-    /opt/swarmnet/bin/python -c 'import plugin.cli, plugin.app, plugin.server, plugin.heap, gunicorn.app.base, gunicorn.workers.gthread, setproctitle, pyroute2, etcd3gw, docker'; \
+    /opt/swarmnet/bin/python -c 'import plugin.cli, plugin.app, plugin.server, plugin.heap, plugin.metrics, plugin.metrics.http, gunicorn.app.base, gunicorn.workers.gthread, setproctitle, pyroute2, etcd3gw, docker, prometheus_client'; \
     \
     slim=/slim; \
     mkdir -p "$slim/usr/bin" "$slim/usr/sbin" "$slim/usr/lib/x86_64-linux-gnu" \
@@ -80,5 +80,5 @@ ENV PATH=/opt/swarmnet/bin:/usr/sbin:/usr/bin PYTHONUNBUFFERED=1
 # The kept tree must still run the plugin and its tools (no shell here: exec form).
 RUN ["/usr/sbin/nft", "--version"]
 RUN ["/usr/bin/nsenter", "--version"]
-RUN ["/opt/swarmnet/bin/python", "-c", "import plugin.cli, plugin.app, plugin.server, plugin.heap, gunicorn.app.base, gunicorn.workers.gthread, setproctitle, pyroute2, etcd3gw, docker, sqlite3, ssl, ctypes; print('imports ok')"]
+RUN ["/opt/swarmnet/bin/python", "-c", "import plugin.cli, plugin.app, plugin.server, plugin.heap, plugin.metrics, plugin.metrics.http, gunicorn.app.base, gunicorn.workers.gthread, setproctitle, pyroute2, etcd3gw, docker, prometheus_client, sqlite3, ssl, ctypes; print('imports ok')"]
 ENTRYPOINT ["/opt/swarmnet/bin/swarmnet", "plugin"]

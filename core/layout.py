@@ -94,8 +94,11 @@ class StoreLayout:
     def ipam_index(self, space: str) -> str:
         return f"{self.root}/ipam/{space}/index"
 
+    def ipam_pools(self, space: str) -> str:
+        return f"{self.root}/ipam/{space}/pools/"
+
     def ipam_pool(self, space: str, cidr: str) -> str:
-        return f"{self.root}/ipam/{space}/pools/{cidr.replace('/', '_')}"
+        return self.ipam_pools(space) + cidr.replace("/", "_")
 
     @property
     def nodes(self) -> str:

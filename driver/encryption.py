@@ -39,10 +39,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from core.errors import Internal, Unsupported
+from core.errors import BadRequest, Conflict, Internal, NotFound, Unsupported
 from core.iptypes import IPAddress
 from driver import names
 from driver.config import EncryptionConfig
+from driver.events import NO_EVENTS, DriverEvents
 from driver.ipsec_keys import ICV_BITS, REQID, Ack, KeyRing, derive_key, spi, spi_parts
 from driver.ipsec_store import IpsecStore, Rotation
 from driver.kernel.ipsec_port import Ipsec
@@ -172,6 +173,7 @@ class Encryption:
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
         self._last_error = ""
+        self.events: DriverEvents = NO_EVENTS  # metrics hook (driver/events.py)
 
     # -- fail closed -----------------------------------------------------------
 
@@ -254,7 +256,14 @@ class Encryption:
 
     def rotate(self) -> Rotation:
         """A new generation now; nodes switch to it as they learn it from the store."""
-        rotation = self.store.rotate(self.settings.rotation_min_gap)
+        try:
+            rotation = self.store.rotate(self.settings.rotation_min_gap)
+        except Exception as e:
+            # metrics hook; a refusal (the request's fault) is no failure
+            if not isinstance(e, (BadRequest, NotFound, Conflict)):
+                self.events.ipsec_failed("rotation")
+            raise
+        self.events.keys_rotated("request")  # metrics hook
         log.info(
             "ipsec: keys rotated on request: generation %d -> %d",
             rotation.previous,
@@ -270,8 +279,13 @@ class Encryption:
         with self._lock:
             if not self._networks:
                 return
-        rotation = self.store.rotate_if_due(self.settings.rotation_interval)
+        try:
+            rotation = self.store.rotate_if_due(self.settings.rotation_interval)
+        except Exception:
+            self.events.ipsec_failed("rotation")  # metrics hook
+            raise
         if rotation is not None:
+            self.events.keys_rotated("interval")  # metrics hook
             log.info(
                 "ipsec: keys rotated on the %ds interval: generation %d -> %d",
                 int(self.settings.rotation_interval),
@@ -293,6 +307,7 @@ class Encryption:
             try:
                 self.tick()
             except Exception as e:
+                self.events.ipsec_failed("sync")  # metrics hook
                 message = str(e)
                 # Once per distinct failure: the poll retries every few seconds.
                 if message != self._last_error:

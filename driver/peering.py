@@ -12,6 +12,7 @@ from collections.abc import Container, Mapping
 
 from driver import names
 from driver.encryption import Encryption
+from driver.events import NO_EVENTS, DriverEvents
 from driver.kernel.port import Kernel, Peer
 from driver.keylocks import KeyedLocks
 from driver.local_state import LocalState
@@ -37,6 +38,7 @@ class Peering:
         self.encryption = encryption
         self._locks = locks
         self._broken = broken  # networks with no kernel state to program
+        self.events: DriverEvents = NO_EVENTS  # metrics hook (driver/events.py)
         # Per network, under its lock: the remote peers last programmed.
         self._programmed: dict[str, frozenset[Peer]] = {}
 
@@ -101,15 +103,21 @@ class Peering:
                 return
             if have == want:
                 self._programmed[network_id] = want
+                self.events.peers_programmed(  # metrics hook
+                    network_id, snapshot, local, added=0, removed=0, recheck=recheck
+                )
                 return
             if not net.encrypted:
-                converge(self.kernel, network_id, want, have)
+                added, removed = converge(self.kernel, network_id, want, have)
             else:
                 # SAs and policies for a new peer before its FDB entries (if this raises,
                 # no entry is made: fail closed); a departed peer's pair after its entries.
                 vteps = {p.vtep for p in want}
                 self.encryption.add_peers(network_id, vteps)
-                converge(self.kernel, network_id, want, have)
+                added, removed = converge(self.kernel, network_id, want, have)
                 self.encryption.set_peers(network_id, vteps)
             # Only after success: after a failure the next snapshot diffs with the kernel.
             self._programmed[network_id] = want
+            self.events.peers_programmed(  # metrics hook
+                network_id, snapshot, local, added=added, removed=removed, recheck=recheck
+            )

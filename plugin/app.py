@@ -31,6 +31,7 @@ from plugin.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from plugin.lbcollector import Collector
+    from plugin.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,18 @@ def _collector(
     )
 
 
+def _metrics(settings: Settings, network: NetworkDriverService) -> Metrics | None:
+    """With METRICS_ADDR set: the registry, observing the driver from here on. The worker
+    serves it (plugin/cli.py); nothing listens here."""
+    if settings.metrics_addr is None:
+        return None
+    from plugin.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe(network)
+    return metrics
+
+
 def create_app(
     settings: Settings,
     *,
@@ -220,6 +233,7 @@ def create_app(
     network = NetworkDriverService(
         settings.driver, kernel, local, shared, control, ipsec, layout=layout
     )
+    metrics = _metrics(settings, network)  # metrics hook
     ipam = IpamService(
         local=local,
         shared=shared,
@@ -234,6 +248,8 @@ def create_app(
         for line in changes:
             log.info("reconcile: %s", line)
         log.info("reconcile: %d change(s)", len(changes))
+        if metrics is not None:  # metrics hook
+            metrics.reconciled(changes)
 
     if load_balancer is not None or kernel_is_real:
         lb_status, background = _load_balancing(
@@ -255,4 +271,6 @@ def create_app(
     app.register_blueprint(routes.bp)
     app.register_blueprint(admin.bp)
     errors.install(app)
+    if metrics is not None:  # metrics hook
+        metrics.attach(app, network, lb_status, local, shared, layout)
     return app

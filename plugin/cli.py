@@ -18,6 +18,7 @@ from plugin.settings import Settings, SettingsError
 from plugin.unixhttp import UnixHTTPConnection
 
 if TYPE_CHECKING:
+    from plugin.metrics.http import MetricsServer
     from plugin.server import Loaded
 
 log = logging.getLogger("swarmnet")
@@ -64,8 +65,11 @@ def _load(settings: Settings) -> Loaded:
     app = create_app(settings)
     services = app.extensions["swarmnet"]
     trimmer = heap.start_trimming()
+    exporter = _serve_metrics(settings, app)
 
     def close() -> None:
+        if exporter is not None:
+            exporter.close()  # first: the next worker can bind the port at once
         network = services.network
         # Background parts stop, then the control plane writes the withdrawals queued just
         # before the signal, so other nodes drop those endpoints now rather than when this
@@ -80,6 +84,19 @@ def _load(settings: Settings) -> Loaded:
         log.info("stopped: services closed")
 
     return Loaded(app, close)
+
+
+def _serve_metrics(settings: Settings, app: Any) -> MetricsServer | None:
+    """In the worker: /metrics on METRICS_ADDR (the arbiter never listens on it)."""
+    if settings.metrics_addr is None:
+        return None
+    from plugin.metrics import EXTENSION
+    from plugin.metrics.http import MetricsServer
+
+    host, port = settings.metrics_addr
+    exporter = MetricsServer(app.extensions[EXTENSION].registry, host, port)
+    exporter.start()
+    return exporter
 
 
 def call_plugin(sock: Path, path: str, timeout: float = 60.0) -> tuple[int, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from core.layout import StoreLayout
 from driver import names
+from driver.events import NO_EVENTS, ControlPlaneEvents
 from driver.peers import OnSnapshot, PeerRecord
 from plugin.store.etcd import EtcdKV, StoreUnavailable, b64, prefix_end
 
@@ -69,6 +70,7 @@ class EtcdControlPlane:
         self._stream: Any = None
         self._threads: list[threading.Thread] = []
         self.connected = threading.Event()
+        self.events: ControlPlaneEvents = NO_EVENTS  # metrics hook (driver/events.py)
 
     # -- port --------------------------------------------------------------
 
@@ -261,10 +263,12 @@ class EtcdControlPlane:
                 if not self.connected.is_set():
                     log.info("control plane: connected to etcd")
                 self.connected.set()
+                self.events.etcd_reachable(True)  # metrics hook
             except StoreUnavailable as e:
                 if self.connected.is_set():
                     log.warning("control plane: etcd unreachable: %s", e)
                 self.connected.clear()
+                self.events.etcd_reachable(False)  # metrics hook
                 next_keepalive = 0.0
                 with self._lock:
                     self._dirty = True
@@ -325,6 +329,7 @@ class EtcdControlPlane:
         if len(parts) != 2:
             return
         nid, eid = parts
+        rec = None
         if event.get("type") == "DELETE":
             with self._lock:
                 self._state.get(nid, {}).pop(eid, None)
@@ -334,6 +339,8 @@ class EtcdControlPlane:
                 return
             with self._lock:
                 self._state.setdefault(nid, {})[eid] = rec
+        if nid in self._watched:
+            self.events.record_changed(nid, eid, rec)  # metrics hook
         self._deliver(nid)
 
     def _close_stream(self) -> None:
@@ -390,6 +397,7 @@ class EtcdControlPlane:
             except Exception as e:
                 if not self._stop.is_set():
                     log.info("control plane: watch interrupted (%s); listing again", e)
+                    self.events.watch_restarted()  # metrics hook
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, 5.0)

@@ -54,6 +54,8 @@ class Settings:
     docker_host: str = DEFAULT_DOCKER_HOST
     # Where dockerd's exec root is seen; "" takes each SandboxKey as it is.
     sandbox_root: str = DEFAULT_SANDBOX_ROOT
+    # Where the worker serves Prometheus metrics: (host, port), or None for off.
+    metrics_addr: tuple[str, int] | None = None
 
     @property
     def netns_dir(self) -> Path:
@@ -149,6 +151,41 @@ def _docker_host(raw: str) -> str:
     return text
 
 
+def _metrics_addr(raw: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (an IPv6 host in brackets), or empty for off. The host is an IP address
+    or ``localhost``: a name would need DNS at every start of a network plugin."""
+    text = raw.strip()
+    if not text:
+        return None
+    example = "e.g. 127.0.0.1:9474, or empty for off"
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not host:
+        raise SettingsError(f"METRICS_ADDR={raw[:100]!r}: expected HOST:PORT, {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ok = ipaddress.ip_address(host).version == 6
+        except ValueError:
+            ok = False
+    elif host == "localhost":
+        ok = True
+    else:
+        try:
+            ok = ipaddress.ip_address(host).version == 4
+        except ValueError:
+            ok = False
+    if not ok:
+        raise SettingsError(
+            f"METRICS_ADDR={raw[:100]!r}: the host must be an IPv4 address, [IPv6 address] "
+            f"or localhost, {example}"
+        )
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise SettingsError(
+            f"METRICS_ADDR={raw[:100]!r}: the port must be a number from 1 to 65535, {example}"
+        )
+    return host, int(port_s)
+
+
 def _check_etcd_tls(env: Mapping[str, str], endpoints: tuple[str, ...]) -> None:
     """TLS settings that would fail open (plain HTTP, no client certificate) stop the start.
 
@@ -232,4 +269,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         load_balancing=_switch("LOAD_BALANCING", env.get("LOAD_BALANCING", ""), True),
         docker_host=_docker_host(env.get("DOCKER_HOST", "")),
         sandbox_root=env.get("SANDBOX_ROOT", DEFAULT_SANDBOX_ROOT).strip(),
+        metrics_addr=_metrics_addr(env.get("METRICS_ADDR", "")),
     )

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 packages=(docker.io debootstrap busybox-static etcd-server docker-registry iperf3 tcpdump
           iproute2 iptables util-linux curl make python3-venv kmod etcd-client
-          nftables ipvsadm iputils-ping procps)
+          nftables ipvsadm iputils-ping procps prometheus)
 mode=${1:-all}
 case $mode in
 all) ;;
@@ -33,12 +33,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The distro enables these services on install on some systems; the tests start their own
-# daemons. Only in the full mode: on a node, an etcd the user runs is none of our business.
+# daemons (prometheus: on loopback in a test dockerd's namespace, with a temporary store).
+# Only in the full mode: on a node, an etcd the user runs is none of our business.
 services=()
-[ "$mode" = all ] && services=(etcd docker-registry)
+[ "$mode" = all ] && services=(etcd docker-registry prometheus)
 for svc in "${services[@]}"; do
     if command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true
+    fi
+    # prometheus would come back at the next boot, listening on every address (:9090).
+    if [ "$svc" = prometheus ] && command -v systemctl >/dev/null \
+            && systemctl is-enabled -q "$svc" 2>/dev/null; then
+        systemctl disable -q "$svc" || true
     fi
 done
 

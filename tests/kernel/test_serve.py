@@ -52,8 +52,8 @@ class Server:
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, log_level: str = "info") -> None:
-        env = {**os.environ, "VNI_RANGE": "300-340", "LOG_LEVEL": log_level}
+    def start(self, log_level: str = "info", **settings: str) -> None:
+        env = {**os.environ, "VNI_RANGE": "300-340", "LOG_LEVEL": log_level, **settings}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -240,6 +240,53 @@ def test_a_killed_worker_is_replaced_and_reconciles(server: Server) -> None:
     assert call(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NET})[0] == 200
     assert not ns_path.exists()
     assert server.stop() < 2
+
+
+def scrape_in(netns: str, url: str) -> str:
+    """GET ``url`` from inside the server's network namespace (where it listens)."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", "curl", "-sf", "--max-time", "3", url],
+        capture_output=True, text=True, check=False,
+    )
+    return done.stdout if done.returncode == 0 else ""
+
+
+def test_serve_honours_metrics_addr_and_a_new_worker_listens_again(server: Server) -> None:
+    # Issue 15. The server's own namespace: no other process has the port.
+    with ipr_in(Path(f"/run/netns/{server.netns}")) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    server.start(METRICS_ADDR="127.0.0.1:9474")
+    url = "http://127.0.0.1:9474/metrics"
+    create = {
+        "NetworkID": NET,
+        "Options": {"com.docker.network.generic": {"swarmnet.vni": "302"}},
+        "IPv4Data": [{"Pool": "10.32.0.0/24", "Gateway": "10.32.0.1/24"}],
+    }
+    assert call(server.socket, "/NetworkDriver.CreateNetwork", create)[0] == 200
+    ep = {"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.32.0.2/24"}}
+    assert call(server.socket, "/NetworkDriver.CreateEndpoint", ep)[0] == 200
+    text = scrape_in(server.netns, url)
+    assert f'swarmnet_endpoints{{network="{NET}"}} 1.0' in text, text[-2000:]
+    assert (
+        'swarmnet_protocol_call_duration_seconds_count{method="NetworkDriver.CreateNetwork",'
+        'outcome="ok"} 1.0' in text
+    )
+    first = server.worker()
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline and "swarmnet_endpoints{" not in text:
+        time.sleep(0.2)
+        text = scrape_in(server.netns, url)
+    assert server.worker() != first
+    # The new worker's registry: the state is read again, the call counts start afresh.
+    assert f'swarmnet_endpoints{{network="{NET}"}} 1.0' in text, text[-2000:]
+    assert 'method="NetworkDriver.CreateNetwork"' not in text
+    for path in ("/NetworkDriver.DeleteEndpoint",):
+        assert call(server.socket, path, {"NetworkID": NET, "EndpointID": EP})[0] == 200
+    assert call(server.socket, "/NetworkDriver.DeleteNetwork", {"NetworkID": NET})[0] == 200
+    assert server.stop() < 2
+    assert scrape_in(server.netns, url) == ""  # the stop closed it
 
 
 ACCESS = re.compile(

@@ -62,6 +62,8 @@ TOOLS = {
     "awk": "scripts/base-image.sh",
     "sha256sum": "scripts/base-image.sh",
     "apt-get": "scripts/deps.sh",
+    "prometheus": "tests/e2e/test_metrics.py (a real Prometheus scrapes the plugin)",
+    "promtool": "tests/unit/test_alerts.py (docs/alerts.yml)",
 }
 
 ABSOLUTE = re.compile(r"""["'](/(?:usr/)?s?bin/[A-Za-z0-9._+-]+)["']""")
