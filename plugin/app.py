@@ -90,16 +90,21 @@ def _node_id(local: KV, layout: StoreLayout) -> str:
 
 
 def _etcd(settings: Settings, local: KV, layout: StoreLayout) -> tuple[KV, ControlPlane]:
-    from plugin.controlplane import EtcdControlPlane
+    from plugin.controlplane import STOPPED_TTL, EtcdControlPlane
     from plugin.store.etcd import EtcdKV, EtcdTLS
 
     kv = EtcdKV(
         settings.etcd_endpoints,
         EtcdTLS(ca=settings.etcd_ca, cert=settings.etcd_cert, key=settings.etcd_key),
     )
-    return kv, EtcdControlPlane(
-        kv, ttl=settings.peer_ttl, node=_node_id(local, layout), layout=layout
+    control = EtcdControlPlane(
+        kv,
+        ttl=settings.peer_ttl,
+        node=_node_id(local, layout),
+        layout=layout,
+        stopped_ttl=STOPPED_TTL,
     )
+    return kv, control
 
 
 def _load_balancing(

@@ -16,6 +16,12 @@ owns; the *watcher* lists the peers prefix, then follows a watch stream from
 the listed revision and hands level-triggered snapshots to the driver. Any
 error in either leads to a re-list / re-publish, so an etcd outage or a lost
 watch ends with the store and the kernel converged again.
+
+A graceful stop (SIGTERM: `docker plugin disable`, an upgrade) is not a death:
+the node's containers keep running and its kernel entries stay. With
+``stopped_ttl`` set, ``close`` moves everything the node publishes onto a
+lease of that TTL, so the other nodes keep their entries for it while the
+plugin is away; the next process puts everything on its own lease again.
 """
 
 from __future__ import annotations
@@ -39,15 +45,22 @@ from plugin.store.etcd import EtcdKV, StoreUnavailable, b64, prefix_end
 log = logging.getLogger(__name__)
 
 RESYNC_INTERVAL = 30.0  # seconds between full diffs of every watched network
+# Seconds a stopped plugin's endpoints stay published: an upgrade or a restart by hand
+# takes far less; a node that dies while its plugin is stopped is forgotten after this.
+STOPPED_TTL = 300
 TXN_BATCH = 64  # operations per etcd transaction (etcd's default limit is 128)
 
 
 class EtcdControlPlane:
-    def __init__(self, kv: EtcdKV, ttl: int, node: str, layout: StoreLayout) -> None:
+    def __init__(
+        self, kv: EtcdKV, ttl: int, node: str, layout: StoreLayout, stopped_ttl: int | None = None
+    ) -> None:
         self.kv = kv
         self.keys = layout
         self.ttl = ttl
         self.node = node
+        # None: a close lets the records lapse with the lease, as a kill does (tests).
+        self.stopped_ttl = None if stopped_ttl is None else max(stopped_ttl, ttl)
         self._lock = threading.Lock()
         self._published: dict[tuple[str, str], PeerRecord] = {}
         self._pending_deletes: set[tuple[str, str]] = set()
@@ -151,13 +164,93 @@ class EtcdControlPlane:
         self._close_stream()
         for t in self._threads:
             t.join(timeout=5)
+        if self.stopped_ttl and self.connected.is_set():
+            if any(t.is_alive() for t in self._threads):
+                log.warning("control plane: still busy at the stop; nothing handed over")
+            else:
+                self._hand_over(self.stopped_ttl)
+
+    def _hand_over(self, ttl: int) -> None:
+        """Keep what this node publishes for ``ttl`` seconds past a graceful stop.
+
+        Without it the records lapse with our lease within PEER_TTL, and every other
+        node drops this node's FDB and neighbour entries while its containers still run:
+        an upgrade slower than PEER_TTL would cut them off until the new process
+        publishes again. Guarded by our node record still being on our lease: gunicorn's
+        SIGHUP starts the new worker before the old one stops, and the new one's records
+        must stay on the new one's lease.
+        """
+        with self._lock:
+            lease = self._lease
+            records = list(self._published.values())
+            deletes = {k for k, v in self._outbox.items() if v is None} | self._pending_deletes
+            deletes -= set(self._published)
+            info = dict(self._info)
+        if lease is None:
+            return
+        node_key = self.keys.nodes + self.node
+        try:
+            stopped = self._grant(ttl)
+            ops: list[dict[str, Any]] = [
+                {"request_delete_range": {"key": b64(self.keys.peer(*key))}}
+                for key in sorted(deletes)
+            ]
+            ops += [
+                {
+                    "request_put": {
+                        "key": b64(self.keys.peer(r.network_id, r.endpoint_id)),
+                        "value": b64(r.to_json()),
+                        "lease": stopped,
+                    }
+                }
+                for r in records
+            ]
+            record = {**info, "node": self.node, "ttl": self.ttl, "stopped": True}
+            # Last, so the guard of every batch before it still sees our lease.
+            ops.append(
+                {
+                    "request_put": {
+                        "key": b64(node_key),
+                        "value": b64(json.dumps(record).encode()),
+                        "lease": stopped,
+                    }
+                }
+            )
+            guard = [{"key": b64(node_key), "target": "LEASE", "result": "EQUAL", "lease": lease}]
+            for start in range(0, len(ops), TXN_BATCH):
+                txn = {"compare": guard, "success": ops[start : start + TXN_BATCH], "failure": []}
+
+                def commit(c: Any, t: dict[str, Any] = txn) -> Any:
+                    return c.post(c.get_url("/kv/txn"), json=t)
+
+                result = self.kv.call(commit)
+                if not result.get("succeeded"):
+                    log.info(
+                        "control plane: a newer process of this node publishes already; "
+                        "nothing handed over"
+                    )
+                    return
+        except StoreUnavailable as e:
+            log.warning(
+                "control plane: could not keep this node's endpoints published past "
+                "the stop (%s); the others drop them within %d s",
+                e,
+                self.ttl,
+            )
+            return
+        log.info(
+            "control plane: %d endpoint(s) stay published for %d s while the plugin is "
+            "stopped (lease %x)",
+            len(records),
+            ttl,
+            stopped,
+        )
 
     # -- keeper ------------------------------------------------------------
 
-    def _grant(self) -> int:
-        result = self.kv.call(
-            lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": self.ttl, "ID": 0})
-        )
+    def _grant(self, ttl: int | None = None) -> int:
+        payload = {"TTL": ttl or self.ttl, "ID": 0}
+        result = self.kv.call(lambda c: c.post(c.get_url("/lease/grant"), json=payload))
         return int(result["ID"])
 
     def _keepalive(self, lease: int) -> int:

@@ -8,6 +8,7 @@ leave or when their node's lease expires.
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -287,3 +288,88 @@ def test_status_lists_which_nodes_can_carry_encrypted_networks(etcd: EtcdServer)
     finally:
         control.close()
         unable.control.close()
+
+
+def _lease_of(kv: EtcdKV, key: str) -> int:
+    kvs = kv._range(key).get("kvs", [])
+    assert kvs, f"{key} is not in etcd"
+    return int(kvs[0].get("lease", 0))
+
+
+def _restart(node: Node, etcd: EtcdServer, stopped_ttl: int | None = 60) -> EtcdControlPlane:
+    """The node's next plugin process: same kernel and local store, a new control plane."""
+    control = EtcdControlPlane(
+        EtcdKV([etcd.url]), ttl=TTL, node=node.vtep, layout=LAYOUT, stopped_ttl=stopped_ttl
+    )
+    create_app(
+        from_env({"PEER_TTL": str(TTL)}),
+        kernel=node.plugin.kernel,
+        local=node.plugin.store,
+        shared=EtcdKV([etcd.url]),
+        control=control,
+    )
+    return control
+
+
+def test_a_graceful_stop_keeps_the_endpoints_published_until_the_next_process(
+    etcd: EtcdServer,
+) -> None:
+    """Issue 15: `docker plugin disable` (an upgrade) sends SIGTERM, and the plugin may stay
+    away longer than PEER_TTL; its containers still run. The records move to a lease of
+    ``stopped_ttl``, so the other nodes keep their entries; the next process takes them back
+    on its own lease."""
+    a_node, b_node = make_node(etcd, "192.0.2.1"), make_node(etcd, "192.0.2.2")
+    a_node.control.stopped_ttl = 60
+    restarted: EtcdControlPlane | None = None
+    try:
+        network_on(a_node)
+        network_on(b_node)
+        a = start_endpoint(a_node, "a" * 64, "10.20.0.2")
+        wait_for(lambda: b_node.peers() == {a}, what="node 2 to learn the endpoint")
+        kv = b_node.control.kv
+        key = f"/swarmnet/v1/peers/{NET}/{'a' * 64}"
+        node_key = f"/swarmnet/v1/nodes/{a_node.vtep}"
+
+        a_node.control.close()
+        time.sleep(2 * TTL + 2)  # past anything the old lease could still hold
+        assert b_node.peers() == {a}
+        assert kv.get(key) is not None
+        raw = kv.get(node_key)
+        assert raw is not None and json.loads(raw)["stopped"] is True
+        handed_over = _lease_of(kv, key)
+
+        restarted = _restart(a_node, etcd)
+        wait_for(
+            lambda: _lease_of(kv, key) not in (0, handed_over)
+            and _lease_of(kv, node_key) == _lease_of(kv, key),
+            what="the next process to take the records onto its own lease",
+        )
+        raw = kv.get(node_key)
+        assert raw is not None and "stopped" not in json.loads(raw)
+        assert b_node.peers() == {a}
+    finally:
+        b_node.control.close()
+        if restarted is not None:
+            restarted.close()
+
+
+def test_a_stop_after_the_next_process_started_hands_nothing_over(etcd: EtcdServer) -> None:
+    """gunicorn's SIGHUP starts the new worker before the old one stops: the old one must not
+    move the new one's records onto its stop lease (they would vanish when it lapses)."""
+    a_node = make_node(etcd, "192.0.2.1")
+    a_node.control.stopped_ttl = 60
+    network_on(a_node)
+    start_endpoint(a_node, "a" * 64, "10.20.0.2")
+    assert a_node.control.flush()
+    kv = a_node.control.kv
+    key = f"/swarmnet/v1/peers/{NET}/{'a' * 64}"
+    old = _lease_of(kv, key)
+    newer = _restart(a_node, etcd)
+    try:
+        wait_for(lambda: _lease_of(kv, key) not in (0, old), what="the newer process to publish")
+        mine = _lease_of(kv, key)
+        a_node.control.close()
+        assert _lease_of(kv, key) == mine
+        assert _lease_of(kv, f"/swarmnet/v1/nodes/{a_node.vtep}") == mine
+    finally:
+        newer.close()
