@@ -88,7 +88,6 @@ class Node(Dockerd):
         self.index = index
         node_dir = lab.workdir / f"node{index}"
         netns = f"{ns_prefix(lab.name)}node{index}"
-        # dockerd's --cgroup-parent; the daemon itself sits in ``<cgroup>/daemon``.
         super().__init__(
             netns,
             socket=node_dir / "docker.sock",
@@ -113,6 +112,11 @@ class Node(Dockerd):
     @property
     def is_manager(self) -> bool:
         return self.index <= self.lab.managers
+
+    @property
+    def cgroup(self) -> str:
+        """dockerd's --cgroup-parent; the daemon itself sits in ``<cgroup>/daemon``."""
+        return self.cgroup_parent
 
     # -- paths
     @property
