@@ -185,7 +185,7 @@ bench-overlay: venv
 # Issue 10: service VIP load balancing (IPVS, so under kernel-lab, set up as for
 # test-kernellab): VIP vs direct connects, record-to-sandbox delay, 50 services x 10
 # sandboxes. About 8 min under TCG here, QUICK=1 about 3; LB_BENCH_ARGS for any
-# `python -m bench.lb_bench` flag. Table on stdout, build/bench/lb.json.
+# `python -m bench.lb` flag. Table on stdout, build/bench/lb.json.
 LB_BENCH_ARGS ?=
 bench-lb: venv
 	@if [ ! -x $(KERNEL_LAB)/run ]; then \
@@ -194,7 +194,7 @@ bench-lb: venv
 		echo "FAIL: kernel-lab could not be set up ($(KERNEL_LAB)/setup):" >&2; \
 		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
 	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
-		$(abspath $(PYTHON)) -m bench.lb_bench $(if $(QUICK),--quick) $(LB_BENCH_ARGS)
+		$(abspath $(PYTHON)) -m bench.lb $(if $(QUICK),--quick) $(LB_BENCH_ARGS)
 
 # --- the multi-host lab by hand ---
 

@@ -163,7 +163,7 @@ def test_etcd_outage_keeps_the_kernel_and_publishes_new_joins_when_back(
 def test_periodic_resync_repairs_drift_without_any_new_event(
     etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import plugin.controlplane as cp
+    import plugin.controlplane.keeper as cp
 
     monkeypatch.setattr(cp, "RESYNC_INTERVAL", 1.0)
     a_node, b_node = make_node(etcd, "192.0.2.1"), make_node(etcd, "192.0.2.2")

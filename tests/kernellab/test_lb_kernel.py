@@ -32,6 +32,7 @@ from driver.kernel import nsfs
 from driver.kernel.lb import RULE_PRIORITY, NetlinkLoadBalancer
 from driver.lb.model import ROUTE_TABLE, SandboxState, mark, sandbox_state, virtual_service
 from driver.lb.port import LoadBalancer, LoadBalancerError
+from testbed.netns import plug
 from tests.contract.lb_contract import LoadBalancerContract
 from tests.kernel.lab import ipr_in, link
 
@@ -126,19 +127,7 @@ class Lab:
 
     def _node(self, path: Path, name: str, addr: ipaddress.IPv4Address) -> Path:
         new_sandbox(path)
-        fd = nsfs.open_fd(path)
-        try:
-            with ipr_in(self.switch) as ipr:
-                ipr.link("add", ifname=f"s-{name}", kind="veth", peer="eth0")
-                ipr.link("set", index=link(ipr, "eth0")["index"], net_ns_fd=fd)
-                index = link(ipr, f"s-{name}")["index"]
-                ipr.link("set", index=index, master=link(ipr, "br0")["index"], state="up")
-        finally:
-            os.close(fd)
-        with ipr_in(path) as ipr:
-            index = link(ipr, "eth0")["index"]
-            ipr.addr("add", index=index, address=str(addr), prefixlen=PREFIX)
-            ipr.link("set", index=index, state="up")
+        plug(self.switch, "br0", path, f"s-{name}", str(addr), PREFIX)
         return path
 
     @property

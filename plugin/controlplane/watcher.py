@@ -1,0 +1,182 @@
+"""The watcher thread: every node's endpoints, followed from etcd, handed to the driver.
+
+It lists the peers prefix, then follows a watch stream from the listed revision, and hands
+level-triggered snapshots (every endpoint of a watched network) to the driver. Any error
+leads to a re-list, so an etcd outage or a lost watch ends with the store and the kernel
+converged again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from core.layout import StoreLayout
+from driver import names
+from driver.events import NO_EVENTS, ControlPlaneEvents
+from driver.peers import OnSnapshot, PeerRecord
+from plugin.store.etcd import EtcdKV, b64, prefix_end
+
+log = logging.getLogger(__name__)
+
+
+class PeerWatcher:
+    def __init__(self, kv: EtcdKV, keys: StoreLayout, stop: threading.Event) -> None:
+        self.kv = kv
+        self.keys = keys
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._state: dict[str, dict[str, PeerRecord]] = {}
+        # No snapshot before the first complete list: an empty state that only means
+        # "not read yet" would wipe the entries a previous run programmed (and, with
+        # etcd down at start, keep them wiped until it is back).
+        self._listed = False
+        self._watched: set[str] = set()
+        self._stream: Any = None
+        self.on_snapshot: OnSnapshot | None = None
+        self.events: ControlPlaneEvents = NO_EVENTS  # metrics hook (driver/events.py)
+
+    def watch(self, network_id: str) -> None:
+        with self._lock:
+            self._watched.add(network_id)
+        self._deliver(network_id)
+
+    def unwatch(self, network_id: str) -> None:
+        with self._lock:
+            self._watched.discard(network_id)
+
+    def resync(self) -> None:
+        """Hand every watched network its snapshot again.
+
+        Programming a snapshot can fail (a transient kernel error); without a
+        new event in that network nothing would retry it. A periodic full
+        diff is cheap (it changes nothing when kernel and store agree) and
+        bounds how long any drift can last.
+        """
+        with self._lock:
+            watched = sorted(self._watched)
+        for nid in watched:
+            self._deliver(nid, recheck=True)
+
+    def close_stream(self) -> None:
+        """Cut the watch stream from another thread.
+
+        Closing a requests response while a thread reads it blocks on the
+        reader's lock, so shut the socket down instead: the reader then sees
+        end-of-stream and closes the response itself.
+        """
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                revision = self._list()
+                backoff = 0.2
+                self._follow(revision)
+            except Exception as e:
+                if not self._stop.is_set():
+                    log.info("control plane: watch interrupted (%s); listing again", e)
+                    self.events.watch_restarted()  # metrics hook
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)
+
+    def _deliver(self, network_id: str, recheck: bool = False) -> None:
+        with self._lock:
+            if not self._listed or network_id not in self._watched or self.on_snapshot is None:
+                return
+            snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
+            callback = self.on_snapshot
+        try:
+            callback(network_id, snapshot, recheck=recheck)
+        except Exception:
+            log.exception("network %s: programming peers failed", names.short(network_id))
+
+    def _list(self) -> int:
+        payload = {"key": b64(self.keys.peers), "range_end": b64(prefix_end(self.keys.peers))}
+        result = self.kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
+        state: dict[str, dict[str, PeerRecord]] = {}
+        for kv in result.get("kvs", []):
+            rec = self._decode(kv)
+            if rec is not None:
+                state.setdefault(rec.network_id, {})[rec.endpoint_id] = rec
+        with self._lock:
+            old = set(self._state)
+            self._state = state
+            self._listed = True
+            watched = set(self._watched)
+        for nid in (old | set(state)) & watched:
+            # Events may have been missed while listing again: compare with the kernel.
+            self._deliver(nid, recheck=True)
+        return int(result["header"]["revision"])
+
+    @staticmethod
+    def _decode(kv: Mapping[str, Any]) -> PeerRecord | None:
+        try:
+            return PeerRecord.from_json(base64.b64decode(kv.get("value", "")))
+        except (ValueError, KeyError) as e:
+            log.warning("ignoring malformed peer record %r: %s", kv.get("key"), e)
+            return None
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        kv = event["kv"]
+        key = base64.b64decode(kv["key"]).decode()
+        parts = key[len(self.keys.peers) :].split("/")
+        if len(parts) != 2:
+            return
+        nid, eid = parts
+        rec = None
+        if event.get("type") == "DELETE":
+            with self._lock:
+                self._state.get(nid, {}).pop(eid, None)
+        else:
+            rec = self._decode(kv)
+            if rec is None:
+                return
+            with self._lock:
+                self._state.setdefault(nid, {})[eid] = rec
+        if nid in self._watched:
+            self.events.record_changed(nid, eid, rec)  # metrics hook
+        self._deliver(nid)
+
+    def _follow(self, revision: int) -> None:
+        request = {
+            "create_request": {
+                "key": b64(self.keys.peers),
+                "range_end": b64(prefix_end(self.keys.peers)),
+                "start_revision": revision + 1,
+            }
+        }
+
+        def open_stream(c: Any) -> Any:
+            return c.session.post(c.get_url("/watch"), json=request, stream=True, timeout=(5, None))
+
+        resp = self.kv.call(open_stream)
+        self._stream = resp
+        try:
+            for line in resp.iter_lines():
+                if self._stop.is_set():
+                    return
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                result = chunk.get("result", {})
+                if "error" in chunk:
+                    raise RuntimeError(f"watch failed: {chunk['error']}")
+                if result.get("canceled") or result.get("compact_revision"):
+                    raise RuntimeError("watch cancelled by etcd (compacted?)")
+                for event in result.get("events", []):
+                    self._apply(event)
+        finally:
+            self._stream = None
+            resp.close()
