@@ -43,7 +43,7 @@ import pytest
 from pyroute2 import NetNS
 
 from plugin.unixhttp import UnixHTTPConnection
-from tests.lab.lab import DEFAULT_SUBNET, Lab, Node
+from testbed.multihost import DEFAULT_SUBNET, Lab, Node
 from tests.lab.test_multihost import (
     REPO,
     Endpoint,
