@@ -25,6 +25,7 @@ So a receiver always has the SA a sender pins, and nothing is lost. Everything
 is level-triggered: ``sync`` computes the whole wanted state from the store and
 what this node's networks' peers are, diffs it against the kernel and fixes the
 difference; it runs on every peer change and every ``poll_interval`` seconds.
+The policies are built in ``driver.ipsec_policies``; the diff is ``driver.ipsec_sync``.
 
 Errors raise and fail the call that caused them. Only the background poll,
 which has no caller, logs them, and retries; the block policy keeps the
@@ -44,109 +45,12 @@ from core.iptypes import IPAddress
 from driver import names
 from driver.config import EncryptionConfig
 from driver.events import NO_EVENTS, DriverEvents
-from driver.ipsec_keys import ICV_BITS, REQID, Ack, KeyRing, derive_key, spi, spi_parts
 from driver.ipsec_store import IpsecStore, Rotation
+from driver.ipsec_sync import XfrmSync
 from driver.kernel.ipsec_port import Ipsec
-from driver.kernel.xfrm.types import (
-    IPPROTO_UDP,
-    Action,
-    AeadKey,
-    Direction,
-    Policy,
-    PolicyId,
-    ProbeResult,
-    SAId,
-    SecurityAssociation,
-    Selector,
-    Template,
-    XfrmUnsupported,
-)
+from driver.kernel.xfrm.types import ProbeResult, XfrmUnsupported
 
 log = logging.getLogger(__name__)
-
-PEER_PRIORITY = 100  # lower wins: a peer's out policy beats the block policy
-BLOCK_PRIORITY = 1000
-
-
-class NoIpsec:
-    """An Ipsec that cannot: every encrypted network is refused with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def probe(self) -> ProbeResult:
-        return ProbeResult(False, (), self.reason)
-
-    def ensure_sa(self, sa: SecurityAssociation) -> bool:
-        raise Unsupported(self.reason)
-
-    def delete_sa(self, sa_id: SAId) -> bool:
-        return False
-
-    def list_sas(self) -> list[SecurityAssociation]:
-        return []
-
-    def update_policy(self, policy: Policy) -> None:
-        raise Unsupported(self.reason)
-
-    def delete_policy(self, pid: PolicyId) -> bool:
-        return False
-
-    def list_policies(self) -> list[Policy]:
-        return []
-
-
-# -- the objects we own --------------------------------------------------------
-
-
-def in_policy(port: int) -> Policy:
-    """VXLAN to ``port`` is accepted only if it came through one of our SAs."""
-    return Policy(
-        Selector.any(4, dport=port), Direction.IN, PEER_PRIORITY, templates=(Template(REQID),)
-    )
-
-
-def block_policy(port: int) -> Policy:
-    """VXLAN to ``port`` with no peer policy is dropped, never sent in clear."""
-    return Policy(Selector.any(4, dport=port), Direction.OUT, BLOCK_PRIORITY, Action.BLOCK)
-
-
-def out_policy(me: IPAddress, peer: IPAddress, spi_value: int, port: int) -> Policy:
-    """me -> peer VXLAN on ``port`` leaves as ESP through exactly the SA ``spi_value``."""
-    return Policy(
-        Selector.hosts(me, peer, dport=port),
-        Direction.OUT,
-        PEER_PRIORITY,
-        templates=(Template(REQID, me, peer, spi=spi_value),),
-    )
-
-
-def is_ours(policy: Policy) -> bool:
-    """Policies with our reqid, and block policies shaped like ours (on any port)."""
-    if any(t.reqid == REQID for t in policy.templates):
-        return True
-    sel = policy.selector
-    return (
-        policy.action == Action.BLOCK
-        and policy.direction == Direction.OUT
-        and policy.priority == BLOCK_PRIORITY
-        and not policy.templates
-        and sel.proto == IPPROTO_UDP
-        and sel.dport != 0
-        and sel.src.prefixlen == 0
-        and sel.dst.prefixlen == 0
-    )
-
-
-def _is_peer_policy(policy: Policy) -> bool:
-    return policy.direction == Direction.OUT and bool(policy.templates)
-
-
-SAKey = tuple[IPAddress, int]  # (dst, SPI): how the kernel finds an ESP SA
-
-
-def _key(sa: SecurityAssociation) -> SAKey:
-    return sa.dst, sa.spi
 
 
 class Encryption:
@@ -169,7 +73,7 @@ class Encryption:
         self._lock = threading.RLock()
         # Encrypted networks on this node -> VTEPs of the other nodes that carry them.
         self._networks: dict[str, set[IPAddress]] = {}
-        self._retiring: dict[SAKey, float] = {}  # inbound SA -> when it stopped being needed
+        self._xfrm = XfrmSync(ipsec, store, local_vtep, self.settings)
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
         self._last_error = ""
@@ -336,7 +240,7 @@ class Encryption:
             self._networks = {nid: set() for nid in network_ids}
             if not network_ids:
                 return []
-            return self._ensure_host(self._our_policies())
+            return self._ensure_host()
 
     def reconcile(self, peers: Mapping[str, set[IPAddress]]) -> list[str]:
         """At start: install what the store and the networks' peers justify, remove the rest.
@@ -353,7 +257,7 @@ class Encryption:
                     return self._sync()
                 except XfrmUnsupported:
                     return []  # no xfrm at all here: nothing of ours can exist
-            changes = self._ensure_host(self._our_policies())
+            changes = self._ensure_host()
             try:
                 changes += self._sync()
             except Exception as e:
@@ -368,157 +272,8 @@ class Encryption:
         with self._lock:
             return self._sync()
 
-    def _our_policies(self) -> list[Policy]:
-        return [p for p in self.ipsec.list_policies() if is_ours(p)]
-
-    def _ensure_host(self, policies: list[Policy]) -> list[str]:
-        have = {p.id: p for p in policies}
-        changes = []
-        for wanted in (block_policy(self.settings.port), in_policy(self.settings.port)):
-            if have.get(wanted.id) != wanted:
-                self.ipsec.update_policy(wanted)
-                changes.append(f"ipsec: installed {wanted}")
-        return changes
-
-    def _sa(
-        self, src: IPAddress, dst: IPAddress, ring: KeyRing, number: int, index: Mapping[str, int]
-    ) -> SecurityAssociation:
-        generation = ring.get(number)
-        assert generation is not None
-        value = spi(number, index[str(src)], index[str(dst)])
-        key = derive_key(generation.master, src, dst, value)
-        return SecurityAssociation(src, dst, value, REQID, AeadKey(key, ICV_BITS))
-
-    def _install(self, sa: SecurityAssociation, have: Mapping[SAKey, SecurityAssociation]) -> bool:
-        current = have.get(_key(sa))
-        if current == sa:
-            return False
-        if current is not None:
-            # Ours, but with another key (the key ring was replaced): replace it.
-            log.warning("ipsec: replacing %s, whose key is not the store's", current.id)
-            self.ipsec.delete_sa(current.id)
-        self.ipsec.ensure_sa(sa)
-        return True
-
     def _sync(self) -> list[str]:
-        port = self.settings.port
-        sas = [sa for sa in self.ipsec.list_sas() if sa.reqid == REQID]
-        policies = self._our_policies()
-        changes: list[str] = []
-        if not self._networks:
-            return self._teardown(sas, policies)
+        return self._xfrm.sync(self._networks, self._clock)
 
-        changes += self._ensure_host(policies)
-        me = self._local_vtep()
-        peers = set().union(*self._networks.values()) - ({me} if me else set())
-        have = {_key(sa): sa for sa in sas}
-        wanted: dict[SAKey, SecurityAssociation] = {}
-        wanted_policies = {block_policy(port).id, in_policy(port).id}
-        if peers:
-            if me is None:
-                raise Internal(
-                    "this node's data-path address is not known yet, so its encrypted "
-                    "peers cannot be programmed"
-                )
-            if me.version != 4 or any(p.version != 4 for p in peers):
-                raise Unsupported("encrypted networks need an IPv4 underlay (VTEP addresses)")
-            ring = self.store.ensure_keyring()
-            index = self.store.indexes({str(v) for v in peers | {me}})
-            acks = self.store.acks()
-            mine = acks.get(str(me))
-            inbound = self._inbound(me, peers, ring, index, acks, mine, sas)
-            for sa in inbound.values():
-                self._install(sa, have)
-            wanted.update(inbound)
-
-            outbound: dict[str, int] = {}
-            for peer in sorted(peers, key=str):
-                theirs = acks.get(str(peer))
-                number = ring.chosen(theirs.inbound if theirs else None)
-                sa = self._sa(me, peer, ring, number, index)
-                self._install(sa, have)
-                wanted[_key(sa)] = sa
-                policy = out_policy(me, peer, sa.spi, port)
-                wanted_policies.add(policy.id)
-                current = next((p for p in policies if p.id == policy.id), None)
-                if current != policy:
-                    # UPDPOLICY swaps in one step: the next packet uses the new SA.
-                    self.ipsec.update_policy(policy)
-                    changes.append(
-                        f"ipsec: peer {peer}: sending with generation {number} (SPI {sa.spi:#010x})"
-                    )
-                outbound[str(peer)] = number
-            ack = Ack(inbound=ring.newest.number, outbound=outbound)
-            if not ack.same(mine):
-                self.store.put_ack(str(me), ack)
-
-        # Removal: peer policies first (their traffic then meets the block policy),
-        # then SAs, then host policies of ours that are not wanted (another port).
-        stale = [p for p in policies if p.id not in wanted_policies]
-        for policy in sorted(stale, key=lambda p: not _is_peer_policy(p)):
-            if self.ipsec.delete_policy(policy.id):
-                changes.append(f"ipsec: removed {policy}")
-        for sa in sas:
-            if _key(sa) not in wanted and self.ipsec.delete_sa(sa.id):
-                changes.append(f"ipsec: removed {sa}")
-        for line in changes:
-            log.info("%s", line)
-        return changes
-
-    def _inbound(
-        self,
-        me: IPAddress,
-        peers: set[IPAddress],
-        ring: KeyRing,
-        index: Mapping[str, int],
-        acks: Mapping[str, Ack],
-        mine: Ack | None,
-        sas: list[SecurityAssociation],
-    ) -> dict[SAKey, SecurityAssociation]:
-        """Inbound SAs to have: every generation a peer may send with, plus recent leftovers."""
-        wanted: dict[SAKey, SecurityAssociation] = {}
-        # What a peer picks for us from our own last report; what it says it pins.
-        lowest = ring.chosen(mine.inbound if mine else None)
-        for peer in peers:
-            theirs = acks.get(str(peer))
-            pinned = theirs.outbound.get(str(me)) if theirs else None
-            low = lowest if pinned is None else min(lowest, pinned)
-            for generation in ring.generations:
-                if generation.number >= low:
-                    sa = self._sa(peer, me, ring, generation.number, index)
-                    wanted[_key(sa)] = sa
-        now = self._clock()
-        retiring: dict[SAKey, float] = {}
-        for sa in sas:
-            key = _key(sa)
-            if sa.dst != me or sa.src not in peers or key in wanted:
-                continue
-            byte, src_index, dst_index = spi_parts(sa.spi)
-            live = ring.by_spi_byte(byte)
-            if (
-                live is None
-                or src_index != index[str(sa.src)]
-                or dst_index != index[str(me)]
-                or self._sa(sa.src, me, ring, live.number, index) != sa
-            ):
-                continue
-            since = self._retiring.get(key, now)
-            if now - since < self.settings.prune_grace:
-                retiring[key] = since
-                wanted[key] = sa  # still there, still kept: packets sealed with it may be in flight
-        self._retiring = retiring
-        return wanted
-
-    def _teardown(self, sas: list[SecurityAssociation], policies: list[Policy]) -> list[str]:
-        """No encrypted network left here: nothing of ours stays."""
-        changes = []
-        for policy in sorted(policies, key=lambda p: not _is_peer_policy(p)):
-            if self.ipsec.delete_policy(policy.id):
-                changes.append(f"ipsec: removed {policy}")
-        for sa in sas:
-            if self.ipsec.delete_sa(sa.id):
-                changes.append(f"ipsec: removed {sa}")
-        self._retiring.clear()
-        for line in changes:
-            log.info("%s", line)
-        return changes
+    def _ensure_host(self) -> list[str]:
+        return self._xfrm.ensure_host(self._xfrm.our_policies())

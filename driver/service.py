@@ -25,11 +25,12 @@ from driver import mac as macs
 from driver import names
 from driver import status as node_status
 from driver.config import VXLAN_OVERHEAD, DriverConfig
-from driver.encryption import Encryption, NoIpsec
+from driver.encryption import Encryption
 from driver.errors import InvalidArgument
 from driver.ipsec_keys import encrypted_mtu
 from driver.ipsec_store import IpsecStore, Rotation
 from driver.kernel.ipsec_port import Ipsec
+from driver.kernel.no_ipsec import NoIpsec
 from driver.kernel.port import EndpointSpec, Kernel
 from driver.keylocks import KeyedLocks
 from driver.local_state import LocalState

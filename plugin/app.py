@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from core.layout import StoreLayout
-from driver.encryption import NoIpsec
 from driver.kernel.ipsec_port import Ipsec
+from driver.kernel.no_ipsec import NoIpsec
 from driver.kernel.port import Kernel
 from driver.lb.port import LoadBalancer
 from driver.lb.programmer import LoadBalancing, sandbox_locator

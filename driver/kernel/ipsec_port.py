@@ -2,7 +2,7 @@
 
 Beside the Kernel port (``port``); its implementations are ``ipsec.NetlinkIpsec``
 (NETLINK_XFRM) and ``fake_ipsec.FakeIpsec`` (in memory), and
-``driver.encryption.NoIpsec`` where encryption is off.
+``no_ipsec.NoIpsec`` where the kernel has no ESP.
 """
 
 from __future__ import annotations

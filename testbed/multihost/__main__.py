@@ -10,14 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.multihost.lab import (
-    DEFAULT_SUBNET,
-    DEFAULT_WORKDIR,
-    Lab,
-    LabError,
-    discover_workdir,
-    iter_labs,
-)
+from testbed.multihost.lab import DEFAULT_SUBNET, DEFAULT_WORKDIR, Lab, LabError
+from testbed.multihost.names import discover_workdir, iter_labs
 
 
 def _lab(args: argparse.Namespace) -> Lab:

@@ -5,10 +5,13 @@ from testbed.cgroups import find_cgroups
 from testbed.dockerd import DOCKER, DOCKERD
 from testbed.image import IMAGE
 from testbed.mounts import mounts_under
-from testbed.multihost.lab import ETCD, ETCDCTL, Lab, LabError, Node
+from testbed.multihost.etcd import ETCD, ETCDCTL
+from testbed.multihost.lab import DEFAULT_SUBNET, Lab, LabError
+from testbed.multihost.node import Node
 from testbed.proc import netns_pids
 
 __all__ = [
+    "DEFAULT_SUBNET",
     "DOCKER",
     "DOCKERD",
     "ETCD",

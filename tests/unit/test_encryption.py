@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from core.layout import StoreLayout
 from driver import names
 from driver.config import EncryptionConfig
-from driver.encryption import BLOCK_PRIORITY, block_policy, in_policy, out_policy
 from driver.ipsec_keys import REQID, KeyRing, spi
+from driver.ipsec_policies import BLOCK_PRIORITY, block_policy, in_policy, out_policy
 from driver.kernel.fake import FakeKernel
 from driver.kernel.fake_ipsec import FakeIpsec
 from driver.kernel.port import KernelError, Peer

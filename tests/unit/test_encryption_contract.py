@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from driver.encryption import block_policy, in_policy, is_ours, out_policy
 from driver.ipsec_keys import REQID
+from driver.ipsec_policies import block_policy, in_policy, is_ours, out_policy
 from driver.kernel.fake_ipsec import FakeIpsec
 from driver.kernel.ipsec_port import Ipsec
 from driver.kernel.xfrm.types import (
