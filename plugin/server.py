@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
+from plugin.wsgi import observed
+
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("swarmnet.access")
@@ -63,27 +65,16 @@ class Loaded:
 def with_access_log(app: WSGIApplication) -> WSGIApplication:
     """One debug line per request: method, path, status and time taken."""
 
-    def logged(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        started = time.monotonic()
-        status = "-"
+    def log(environ: WSGIEnvironment, status: str, seconds: float) -> None:
+        access_log.debug(
+            "%s %s %s %.1f ms",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            status,
+            seconds * 1000,
+        )
 
-        def start(code: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            nonlocal status
-            status = code.split(" ", 1)[0]
-            return start_response(code, headers, exc_info)
-
-        try:
-            return app(environ, start)
-        finally:
-            access_log.debug(
-                "%s %s %s %.1f ms",
-                environ.get("REQUEST_METHOD"),
-                environ.get("PATH_INFO"),
-                status,
-                (time.monotonic() - started) * 1000,
-            )
-
-    return logged
+    return observed(app, log, unanswered="-")
 
 
 class Worker(ThreadWorker):  # type: ignore[misc]
