@@ -11,10 +11,10 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from testbed.cgroups import CgroupLayout, cgroup_procs, find_cgroups, pid_cgroups
-from testbed.dockerd import Dockerd
+from testbed.dockerd import Dockerd, unix_post
 from testbed.multihost.names import ns_prefix
 from testbed.multihost.spawn import SYSTEM_PATH, spawn
 from testbed.proc import BedError, kill_until_gone, netns_pids, run
@@ -120,6 +120,13 @@ class Node(Dockerd):
     def plugin_run_dir(self, name: str) -> Path:
         """Where the plugin's socket is, seen from the root mount namespace."""
         return self.run_dir / "plugins" / self.plugin_id(name)
+
+    def plugin_status(self, name: str) -> dict[str, Any]:
+        """The plugin's own ``Swarmnet.Status`` reply (what ``swarmnet status`` prints)."""
+        code, body = unix_post(self.plugin_socket(name), "/Swarmnet.Status", b"{}", timeout=30)
+        if code != 200:
+            raise BedError(f"Swarmnet.Status of {name} on {self.netns}: {code} {body[:400]!r}")
+        return dict(json.loads(body))
 
     def plugin_socket(self, name: str) -> Path:
         """The plugin's unix socket, seen from the root mount namespace. The path is often

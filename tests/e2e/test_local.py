@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from testbed.registry import BIN as REGISTRY_BIN
+from testbed.registry import write_config as registry_config
 from tests.e2e.capture import capture
 from tests.e2e.dockerhost import (
     BUSYBOX,
@@ -152,21 +154,14 @@ def test_make_install_again_replaces_the_plugin_and_keeps_containers_connected(
 def registry(local_host: DockerHost) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1:5000 inside the dockerd's network namespace."""
     d = local_host.workdir / "registry"
-    d.mkdir(exist_ok=True)
-    config = d / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {d / 'data'}\n"
-        f"http:\n  addr: {REGISTRY}\n"
-    )
+    config = registry_config(d, REGISTRY)
     with open(d / "registry.log", "ab") as log:
         proc = subprocess.Popen(
             [
                 "nsenter",
                 f"--net={NETNS_DIR / local_host.netns}",
                 "--",
-                "/usr/bin/docker-registry",
+                REGISTRY_BIN,
                 "serve",
                 str(config),
             ],

@@ -34,7 +34,6 @@ from typing import Any
 
 import pytest
 
-from plugin.unixhttp import UnixHTTPConnection
 from tests.lab.fixtures import plugin_build
 from tests.lab.lab import IMAGE, Lab, LabError, Node
 
@@ -298,15 +297,7 @@ def of_service(recs: dict[tuple[str, str], dict[str, Any]], service_id: str
 
 
 def status(node: Node) -> dict[str, Any]:
-    conn = UnixHTTPConnection(node.plugin_socket(PLUGIN), timeout=30)
-    try:
-        conn.request("POST", "/Swarmnet.Status", body=b"{}")
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    assert resp.status == 200, (resp.status, body)
-    return dict(json.loads(body))
+    return node.plugin_status(PLUGIN)
 
 
 def collectors(lab: Lab) -> dict[int, dict[str, Any]]:

@@ -752,7 +752,6 @@ def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
     user reads in `docker service ps --no-trunc` and from `docker run`, never a task stuck
     in New or a timeout. Every node's record says it cannot encrypt, and any node's status
     lists them all."""
-    from plugin.unixhttp import UnixHTTPConnection
 
     manager = lab.node(1)
     net_id = manager.docker("network", "create", "-d", plugin, "--attachable",
@@ -782,15 +781,7 @@ def test_encrypted_network_without_esp_tells_the_user_why_on_every_node(
         assert len(records) == 3, records
         for rec in records.values():
             assert rec["esp"] is False and "esp4" in rec["esp_detail"], rec
-        conn = UnixHTTPConnection(lab.node(3).plugin_socket(plugin), timeout=30)
-        try:
-            conn.request("POST", "/Swarmnet.Status", body=b"{}")
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        assert resp.status == 200, body
-        nodes = json.loads(body)["Nodes"]
+        nodes = lab.node(3).plugin_status(plugin)["Nodes"]
         assert sorted(n["Node"] for n in nodes) == sorted(str(n.address) for n in lab.nodes)
         assert all(n["ESP"] is False for n in nodes), nodes
     finally:

@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 from pyroute2 import NetNS
 
-from plugin.unixhttp import UnixHTTPConnection
+from testbed import registry
 from testbed.multihost import DEFAULT_SUBNET, Lab, Node
 from tests.lab.test_multihost import (
     REPO,
@@ -68,7 +68,7 @@ pytestmark = pytest.mark.e2e
 
 ALIAS = "swarmnet-overlay"
 PLUGIN = f"{ALIAS}:latest"
-REGISTRY_BIN = "/usr/bin/docker-registry"
+REGISTRY_BIN = registry.BIN
 # The lab's etcd address (the last host of the subnet); the registry listens there too.
 REGISTRY = f"{DEFAULT_SUBNET.network_address + (DEFAULT_SUBNET.num_addresses - 2)}:5000"
 PEER_TTL = 5
@@ -93,14 +93,7 @@ def start_registry(lab: Lab) -> None:
     """docker-registry in the fabric namespace on the lab subnet; lab.down() stops it with
     everything else in that namespace."""
     d = lab.workdir / "registry"
-    d.mkdir(exist_ok=True)
-    config = d / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {d / 'data'}\n"
-        f"http:\n  addr: {REGISTRY}\n"
-    )
+    config = registry.write_config(d, REGISTRY)
     lab._spawn(["ip", "netns", "exec", lab.fabric_netns, REGISTRY_BIN, "serve", str(config)],
                log=d / "registry.log", cgroup=lab.cgroups.tracking / lab.fabric_netns / "registry")
     wait_for(lambda: lab.fabric_exec("curl", "-sf", f"http://{REGISTRY}/v2/",
@@ -243,16 +236,7 @@ def plugin_info(node: Node) -> dict[str, Any]:
 
 
 def plugin_status(node: Node) -> dict[str, Any]:
-    conn = UnixHTTPConnection(node.plugin_socket(PLUGIN), timeout=30)
-    try:
-        conn.request("POST", "/Swarmnet.Status", body=b"{}")
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    assert resp.status == 200, body
-    status: dict[str, Any] = json.loads(body)
-    return status
+    return node.plugin_status(PLUGIN)
 
 
 def node_record(lab: Lab, node: Node) -> tuple[bool, bool]:
