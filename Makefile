@@ -47,7 +47,7 @@ export DOCKER PYTHON BASE_CACHE
 .PHONY: all deps venv demo wheels base-image plugin install uninstall push host-prep \
         test test-unit test-integration test-fault test-kernel test-kernellab \
         test-kernellab-swarm test-e2e test-lab \
-        lab-up lab-down bench bench-overlay bench-lb lint clean distclean
+        lab-up lab-down bench bench-overlay bench-lb bench-calls lint clean distclean
 
 all: plugin
 
@@ -195,6 +195,11 @@ bench-lb: venv
 		tail -20 /tmp/swarmnet-kernel-lab-setup.log >&2; exit 1; }
 	KERNEL_LAB_QUIET=1 $(KERNEL_LAB)/run --timeout 1500 -- \
 		$(abspath $(PYTHON)) -m bench.lb $(if $(QUICK),--quick) $(LB_BENCH_ARGS)
+
+# Issue 16: plugin calls on one quiet host (`swarmnet serve` in a scratch namespace, no
+# dockerd): calls/s, p50, p99 and the worker's CPU per call, c=1 and c=16 (root; ~1 min).
+bench-calls: venv
+	$(PYTHON) -m bench.calls_local $(CALLS_BENCH_ARGS)
 
 # --- the multi-host lab by hand ---
 
