@@ -39,6 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loss", type=float, default=0.1, help="share of nodes killed")
     p.add_argument("--budget", type=float, default=480.0,
                    help="bound on the bootstrap and every wait of one size (s)")
+    p.add_argument("--settle", type=float, default=120.0,
+                   help="bound on the wait for churn joins to reach every node (s)")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
@@ -82,7 +84,7 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, A
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))
         log(f"{nodes} nodes: probe lag {report.lag_line(out['probes'])}")
         out["churn"] = phases.churn(c, args.churn_rate, args.churn_seconds,
-                                    min(180.0, args.budget))
+                                    min(args.settle, args.budget))
         log(f"{nodes} nodes: churn lag {report.lag_line(out['churn'])}")
         out["loss"] = phases.loss(c, args.loss, args.ttl, min(120.0, args.budget))
         out["etcd_keys_end"] = c.peer_keys()
