@@ -13,15 +13,20 @@ from typing import Any
 
 from bench.common import log, percentile
 from bench.scale_sim.cluster import Cluster, Endpoint, between
-from bench.scale_sim.hosts import Pending, call_all
+from bench.scale_sim.hosts import HostError, Pending, call_all
 from testbed.scalesim.node import TRACKED_OCTET
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
+def wait_until(cond: Callable[[float], bool], timeout: float, every: float = 0.2) -> bool:
+    """Until ``cond(seconds left)``, for at most ``timeout`` s (a host that does not answer
+    within the time left counts as not yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        if cond():
-            return True
+        try:
+            if cond(max(1.0, deadline - time.monotonic())):
+                return True
+        except HostError as e:
+            log(f"no answer in time: {e}")
         if time.monotonic() > deadline:
             return False
         time.sleep(every)
@@ -34,7 +39,7 @@ def lag_stats(lags: list[float]) -> dict[str, Any]:
             "max": max(lags)}
 
 
-def bootstrap(c: Cluster, ttl: int, timeout: float) -> dict[str, Any]:
+def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0) -> dict[str, Any]:
     """Every node publishes its endpoints; then every node starts watching (one list each)."""
     t0 = time.monotonic()
     build = [h.send({"op": "build", "url": c.etcd.url, "indices": c.indices(h), "ttl": ttl,
@@ -43,14 +48,14 @@ def bootstrap(c: Cluster, ttl: int, timeout: float) -> dict[str, Any]:
         p.wait(timeout)
     want = c.nodes * c.eps_per_node
     left = max(5.0, timeout - (time.monotonic() - t0))
-    published = wait_until(lambda: c.peer_keys() >= want, left)
+    published = wait_until(lambda _: c.peer_keys() >= want, left)
     t_published = time.monotonic() - t0
     c.load_endpoints()
     log(f"{c.nodes} nodes: {c.peer_keys()} of {want} records published in {t_published:.1f}s")
     before = c.sample()
     t1 = time.monotonic()
-    call_all(c.hosts, {"op": "watch"}, max(10.0, timeout - (t1 - t0)))
-    done = wait_until(lambda: c.complete()[0] == c.nodes,
+    call_all(c.hosts, {"op": "watch", "max_rss": max_rss}, max(10.0, timeout - (t1 - t0)))
+    done = wait_until(lambda left: c.complete(left)[0] == c.nodes,
                       max(5.0, timeout - (time.monotonic() - t0)), every=1.0)
     t_watch = time.monotonic() - t1
     after = c.sample()
@@ -74,12 +79,13 @@ def measure_joins(c: Cluster, joined: list[Endpoint], timeout: float) -> dict[st
     others = len(c.live_nodes()) - 1
     seen: dict[str, tuple[int, float]] = {}
 
-    def all_there() -> bool:
-        seen.update(c.added(ips))
+    def all_there(left: float) -> bool:
+        seen.update(c.added(ips, left))
         return all(seen[ip][0] >= others for ip in ips)
 
-    everywhere = wait_until(all_there, timeout, every=0.5)
-    lags = [seen[e.ip][1] - e.joined_at for e in joined if seen[e.ip][0] >= others]
+    # Each look walks every node's records in the hosts: rarely, not to load them more.
+    everywhere = wait_until(all_there, timeout, every=2.0)
+    lags = [seen[e.ip][1] - e.joined_at for e in joined if seen.get(e.ip, (0,))[0] >= others]
     out = lag_stats(lags)
     out["everywhere"] = everywhere
     out["not_everywhere"] = len(joined) - len(lags)
@@ -159,15 +165,15 @@ def loss(c: Cluster, fraction: float, ttl: int, timeout: float) -> dict[str, Any
     for eid in [e.eid for e in c.endpoints.values() if e.node in set(doomed)]:
         del c.endpoints[eid]
     want = len(c.endpoints)
-    etcd_done = wait_until(lambda: c.peer_keys() <= want, ttl + timeout, every=0.1)
+    etcd_done = wait_until(lambda _: c.peer_keys() <= want, ttl + timeout, every=0.1)
     etcd_s = time.time() - killed_at
     seen: dict[str, tuple[int, float]] = {}
 
-    def all_gone() -> bool:
-        seen.update(c.removed(ips))
+    def all_gone(left: float) -> bool:
+        seen.update(c.removed(ips, left))
         return all(seen[ip][0] == 0 for ip in ips)
 
-    gone = wait_until(all_gone, timeout, every=0.5)
+    gone = wait_until(all_gone, timeout, every=1.0)
     b = c.sample()
     removal = max((t for _, t in seen.values()), default=0.0) - killed_at
     log(f"{c.nodes} nodes: killed {len(doomed)}; etcd dropped them after {etcd_s:.1f}s, "

@@ -10,7 +10,9 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +38,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--churn-rate", type=float, default=50.0, help="joins/s (and leaves/s)")
     p.add_argument("--churn-seconds", type=float)
     p.add_argument("--probes", type=int)
+    p.add_argument("--idle-seconds", type=float)
     p.add_argument("--loss", type=float, default=0.1, help="share of nodes killed")
     p.add_argument("--budget", type=float, default=480.0,
                    help="bound on the bootstrap and every wait of one size (s)")
     p.add_argument("--settle", type=float, default=120.0,
                    help="bound on the wait for churn joins to reach every node (s)")
+    p.add_argument("--max-rss-gib", type=float, default=12.0,
+                   help="stop a size whose simulator processes grow past this, in all")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
@@ -51,6 +56,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = [10, 100] if args.quick else [10, 100, 300, 1000]
     if args.churn_seconds is None:
         args.churn_seconds = 8.0 if args.quick else 20.0
+    if args.idle_seconds is None:
+        args.idle_seconds = 5.0 if args.quick else 10.0
     if args.probes is None:
         args.probes = 10 if args.quick else 20
     return args
@@ -75,12 +82,13 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, A
     with etcd_server(parent=run_dir) as etcd, hosts(args.procs, run_dir) as procs:
         assert etcd.process.pid
         c = Cluster(etcd, etcd.process.pid, procs, nodes, args.networks, args.eps, rng)
-        out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget)
+        out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget,
+                                            int(args.max_rss_gib * 2**30 / args.procs))
         if not out["bootstrap"]["converged"]:
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"
             return out
-        out["idle"] = phases.idle(c, 10.0 if not args.quick else 5.0)
+        out["idle"] = phases.idle(c, args.idle_seconds)
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))
         log(f"{nodes} nodes: probe lag {report.lag_line(out['probes'])}")
         out["churn"] = phases.churn(c, args.churn_rate, args.churn_seconds,
@@ -91,8 +99,14 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, A
     return out
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so every `finally` stops what it started
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_term)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # etcd inherits it
     run_dir = BUILD / f"scale-sim-{os.getpid()}"

@@ -65,8 +65,13 @@ class Host:
     def watch(self, cmd: Reply) -> Reply:
         """Start every node's watcher, a few listing at a time (bounded waits)."""
         in_flight = int(cmd.get("in_flight", 4))
+        max_rss = int(cmd.get("max_rss", 0))
         started: list[SimNode] = []
         for node in self.nodes.values():
+            if max_rss and rss_bytes() > max_rss:
+                # Past this the machine (shared) would swap or kill something: stop here.
+                raise MemoryError(f"RSS {rss_bytes() >> 20} MiB over the {max_rss >> 20} MiB "
+                                  f"limit after {len(started)} watchers")
             node.control.start_watching()
             started.append(node)
             deadline = time.monotonic() + 60

@@ -32,7 +32,7 @@ from driver.messages import (
     NetworkOptions,
     NodeDiscovery,
 )
-from driver.peers import OnSnapshot, PeerRecord
+from driver.peers import OnChanges, OnSnapshot, PeerRecord
 from driver.service import NetworkDriverService
 from plugin.app import STORE_ROOT
 from plugin.controlplane import EtcdControlPlane
@@ -157,10 +157,11 @@ class SplitControlPlane(EtcdControlPlane):
     watcher lists once at start instead of following the whole bootstrap event by event
     (O(N^3) work that no real cluster, whose nodes come up over time, does at once)."""
 
-    def start(self, on_snapshot: OnSnapshot) -> None:
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
         if self._threads:
             return
         self._watcher.on_snapshot = on_snapshot
+        self._watcher.on_changes = on_changes
         t = threading.Thread(target=self._keeper.run, name="swarmnet-keeper", daemon=True)
         t.start()
         self._threads.append(t)
