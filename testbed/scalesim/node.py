@@ -15,7 +15,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from core.iptypes import IPAddress
@@ -32,12 +32,15 @@ from driver.messages import (
     NetworkOptions,
     NodeDiscovery,
 )
-from driver.peers import OnChanges, OnSnapshot, PeerRecord
+from driver.peers import OnSnapshot, PeerRecord
 from driver.service import NetworkDriverService
 from plugin.app import STORE_ROOT
 from plugin.controlplane import EtcdControlPlane
 from plugin.store.etcd import EtcdKV
 from plugin.store.memory import MemoryKV
+
+if TYPE_CHECKING:
+    from driver.peers import OnChanges
 
 LAYOUT = StoreLayout(STORE_ROOT)
 VNI_BASE = 4096
