@@ -104,7 +104,7 @@ class Cluster:
     def indices(self, host: HostProc) -> list[int]:
         return [i for i in range(self.nodes) if i % len(self.hosts) == host.index]
 
-    def sample(self, timeout: float = 60.0) -> Sample:
+    def sample(self, timeout: float = 180.0) -> Sample:
         hosts = call_all(self.hosts, {"op": "stats"}, timeout)
         return Sample(
             wall=time.time(),

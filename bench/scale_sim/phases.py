@@ -139,9 +139,9 @@ def churn(c: Cluster, rate: float, seconds: float, settle: float) -> dict[str, A
             del c.endpoints[old.eid]
     elapsed = max(time.monotonic() - start, 1e-6)
     for ep, p in in_flight:
-        ep.joined_at = float(p.wait(60)["at"])
+        ep.joined_at = float(p.wait(180)["at"])
     for p in leaves:
-        p.wait(60)
+        p.wait(180)
     b = c.sample()
     out = measure_joins(c, joins, settle)
     out["usage"] = between(a, b, c.nodes)

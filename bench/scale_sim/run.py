@@ -75,9 +75,10 @@ def hosts(count: int, run_dir: Path) -> Iterator[list[HostProc]]:
             h.stop()
 
 
-def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, Any]:
+def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str, Any]) -> None:
+    """The phases of one size, each result put into ``out`` as soon as it is known (a size
+    that fails part-way keeps what it measured)."""
     rng = random.Random(args.seed + nodes)
-    out: dict[str, Any] = {"nodes": nodes}
     # quota: the default 2 GiB is ample; the data dir sits under build/, removed afterwards.
     with etcd_server(parent=run_dir) as etcd, hosts(args.procs, run_dir) as procs:
         assert etcd.process.pid
@@ -87,7 +88,7 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, A
         if not out["bootstrap"]["converged"]:
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"
-            return out
+            return
         out["idle"] = phases.idle(c, args.idle_seconds)
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))
         log(f"{nodes} nodes: probe lag {report.lag_line(out['probes'])}")
@@ -96,7 +97,6 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path) -> dict[str, A
         log(f"{nodes} nodes: churn lag {report.lag_line(out['churn'])}")
         out["loss"] = phases.loss(c, args.loss, args.ttl, min(120.0, args.budget))
         out["etcd_keys_end"] = c.peer_keys()
-    return out
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
@@ -123,11 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         for nodes in args.sizes:
             t = time.monotonic()
             log(f"--- {nodes} nodes ---")
+            out: dict[str, Any] = {"nodes": nodes}
+            result["sizes"].append(out)
             try:
-                result["sizes"].append(one_size(args, nodes, run_dir))
+                one_size(args, nodes, run_dir, out)
             except Exception as e:
                 log(f"{nodes} nodes: failed: {type(e).__name__}: {e}")
-                result["sizes"].append({"nodes": nodes, "aborted": f"{type(e).__name__}: {e}"})
+                out["aborted"] = f"{type(e).__name__}: {e}"
             result["sizes"][-1]["wall_s"] = time.monotonic() - t
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2, default=str))
