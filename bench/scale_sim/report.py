@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,32 @@ def plot(result: dict[str, Any], path: Path) -> None:
     nodes = [s["nodes"] for s in sizes]
     series = {k: [s["probes"][k] for s in sizes] for k in ("p50", "p99", "max")}
     lag_chart(path, nodes, series, "join -> programmed on every other node (s)")
+
+
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """The sizes of several runs' JSON in one result (a later file's size wins)."""
+    by_size: dict[int, dict[str, Any]] = {}
+    for p in paths:
+        run = json.loads(p.read_text())
+        for size in run["sizes"]:
+            size = {**size, "command": run["command"]}
+            if "probes" in size or size["nodes"] not in by_size:
+                by_size[size["nodes"]] = size
+    return {"sizes": [by_size[n] for n in sorted(by_size)]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.scale_sim.report RUN.json... [--png PATH]``: the tables and the plot
+    of several runs together (each size from the last run that measured it)."""
+    ap = argparse.ArgumentParser(prog="python -m bench.scale_sim.report")
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--png", type=Path)
+    args = ap.parse_args(argv)
+    result = merged(args.runs)
+    print(tables(result))
+    if args.png:
+        plot(result, args.png)
+
+
+if __name__ == "__main__":
+    main()
