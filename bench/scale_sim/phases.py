@@ -39,11 +39,13 @@ def lag_stats(lags: list[float]) -> dict[str, Any]:
             "max": max(lags)}
 
 
-def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0) -> dict[str, Any]:
+def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0,
+              resync: float | None = None) -> dict[str, Any]:
     """Every node publishes its endpoints; then every node starts watching (one list each)."""
     t0 = time.monotonic()
     build = [h.send({"op": "build", "url": c.etcd.url, "indices": c.indices(h), "ttl": ttl,
-                     "networks": c.networks, "eps": c.eps_per_node}) for h in c.hosts]
+                     "networks": c.networks, "eps": c.eps_per_node, "resync": resync})
+             for h in c.hosts]
     for p in build:
         p.wait(timeout)
     want = c.nodes * c.eps_per_node

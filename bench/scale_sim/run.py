@@ -46,6 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="bound on the wait for churn joins to reach every node (s)")
     p.add_argument("--max-rss-gib", type=float, default=12.0,
                    help="stop a size whose simulator processes grow past this, in all")
+    p.add_argument("--resync", type=float,
+                   help="the keeper's full-diff interval in s (the plugin's 30 s if not given)")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
@@ -84,7 +86,8 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
         assert etcd.process.pid
         c = Cluster(etcd, etcd.process.pid, procs, nodes, args.networks, args.eps, rng)
         out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget,
-                                            int(args.max_rss_gib * 2**30 / args.procs))
+                                            int(args.max_rss_gib * 2**30 / args.procs),
+                                            args.resync)
         if not out["bootstrap"]["converged"]:
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from plugin.controlplane import keeper
 from testbed.scalesim.node import SimNode, bootstrap_ip, endpoint_id
 
 Reply = dict[str, Any]
@@ -52,6 +53,10 @@ class Host:
     def build(self, cmd: Reply) -> Reply:
         """Nodes with their networks and bootstrap endpoints, keepers running, not watching."""
         url, ttl, nets, eps = cmd["url"], int(cmd["ttl"]), int(cmd["networks"]), int(cmd["eps"])
+        if cmd.get("resync"):
+            # The keeper's periodic full diff against the kernel: O(a node's peers) every
+            # 30 s per node. Real nodes can afford it; N simulated ones on 2 cores cannot.
+            keeper.RESYNC_INTERVAL = float(cmd["resync"])
         for i in cmd["indices"]:
             node = SimNode(i, url, ttl, nets)
             self.nodes[i] = node
