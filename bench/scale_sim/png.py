@@ -32,6 +32,12 @@ FONT = {  # 3 columns x 5 rows, a row per string, "#" = ink
     ">": ("#..", ".#.", "..#", ".#.", "#.."), "j": ("..#", "...", "..#", "#.#", "###"),
     "i": (".#.", "...", ".#.", ".#.", ".#."), "r": ("...", "###", "#..", "#..", "#.."),
     "t": (".#.", "###", ".#.", ".#.", ".##"), "b": ("#..", "#..", "###", "#.#", "###"),
+    "v": ("...", "#.#", "#.#", "#.#", ".#."), "y": ("#.#", "#.#", "###", "..#", "###"),
+    "h": ("#..", "#..", "###", "#.#", "#.#"), "w": ("...", "#.#", "#.#", "###", "###"),
+    "u": ("...", "#.#", "#.#", "#.#", "###"), "c": ("...", "###", "#..", "#..", "###"),
+    "k": ("#..", "#.#", "##.", "#.#", "#.#"), "f": (".##", ".#.", "###", ".#.", ".#."),
+    "q": ("###", "#.#", "###", "..#", "..#"), "z": ("###", "..#", ".#.", "#..", "###"),
+    ",": ("...", "...", "...", ".#.", "#.."), "=": ("...", "###", "...", "###", "..."),
 }
 
 
@@ -84,9 +90,9 @@ SERIES_COLORS: list[Color] = [(31, 119, 180), (214, 39, 40), (90, 90, 90)]
 
 
 def lag_chart(path: Path, nodes: Sequence[int], series: Mapping[str, Sequence[float | None]],
-              title: str) -> None:
+              title: str, subtitle: str = "") -> None:
     """Lines of ``series`` (name -> seconds per size) against ``nodes`` on a log axis."""
-    w, h, left, right, top, bottom = 720, 420, 70, 20, 40, 50
+    w, h, left, right, top, bottom = 720, 440, 70, 20, 60, 50
     cv = Canvas(w, h)
     values = [v for vs in series.values() for v in vs if v is not None]
     ymax = max(values, default=1.0) * 1.1 or 1.0
@@ -112,11 +118,13 @@ def lag_chart(path: Path, nodes: Sequence[int], series: Mapping[str, Sequence[fl
         cv.text(x - 4 * len(str(n)), h - bottom + 10, str(n))
     cv.text(w // 2 - 20, h - 18, "nodes")
     cv.text(8, 12, title)
-    for k, (name, vs) in enumerate(series.items()):
+    cv.text(8, 26, subtitle, (90, 90, 90))
+    # Drawn last first, thinner on top, so a series equal to a later one stays visible.
+    for k, (name, vs) in reversed(list(enumerate(series.items()))):
         color = SERIES_COLORS[k % len(SERIES_COLORS)]
         points = [xy(n, v) for n, v in zip(nodes, vs, strict=True) if v is not None]
         for (x0, y0), (x1, y1) in itertools.pairwise(points):
-            cv.line(x0, y0, x1, y1, color, width=3)
+            cv.line(x0, y0, x1, y1, color, width=5 - k)
         for x, y in points:
             for dx in range(-3, 4):
                 for dy in range(-3, 4):
