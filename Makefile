@@ -10,6 +10,7 @@
 #                   test-lab one at a time
 #   make bench      the benchmarks of docs/benchmarks.md: bench-overlay (multi-host lab, both
 #                   drivers), then bench-lb (service VIP load balancing, under kernel-lab)
+#   make bench-scale the control plane at 10 to 1,000 simulated nodes on one real etcd
 #
 # The docker client is $(DOCKER) (the 20.10 client that matches the daemon); it
 # honours DOCKER_HOST, so `DOCKER_HOST=unix:///path/docker.sock make install`
@@ -47,7 +48,7 @@ export DOCKER PYTHON BASE_CACHE
 .PHONY: all deps venv demo wheels base-image plugin install uninstall push host-prep \
         test test-unit test-integration test-fault test-kernel test-kernellab \
         test-kernellab-swarm test-e2e test-lab \
-        lab-up lab-down bench bench-overlay bench-lb bench-calls lint clean distclean
+        lab-up lab-down bench bench-overlay bench-lb bench-calls bench-scale lint clean distclean
 
 all: plugin
 
@@ -200,6 +201,16 @@ bench-lb: venv
 # dockerd): calls/s, p50, p99 and the worker's CPU per call, c=1 and c=16 (root; ~1 min).
 bench-calls: venv
 	$(PYTHON) -m bench.calls_local $(CALLS_BENCH_ARGS)
+
+# Issue 16: the control plane at scale (docs/benchmarks.md, "Control plane at scale"):
+# 10, 100, 300 and 1,000 simulated nodes (the real driver service and etcd control plane on
+# fake kernels, in 2 processes) against one real etcd on loopback; no root, no Docker.
+# QUICK=1: 10 and 100 nodes, shorter phases. SCALE_ARGS for any `python -m bench.scale_sim`
+# flag (--sizes, --churn-rate, ...). Table on stdout, build/bench/scale_sim.json,
+# docs/scale-sim-lag.png. Run it alone: it loads both cores.
+SCALE_ARGS ?=
+bench-scale: venv
+	$(PYTHON) -m bench.scale_sim $(if $(QUICK),--quick) $(SCALE_ARGS)
 
 # --- the multi-host lab by hand ---
 

@@ -2,7 +2,9 @@
 
 Snapshots of a network's endpoints come from the control plane (``driver.peers``);
 each is diffed against what was last programmed for that network, under the
-network's lock, and only the difference reaches the kernel.
+network's lock, and only the difference reaches the kernel. Between snapshots the
+control plane hands over only what changed (``on_changes``): applying that costs
+work in proportion to the change, not to the network's size (``driver.peerset``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Container, Mapping
 from driver import names
 from driver.encryption import Encryption
 from driver.events import NO_EVENTS, DriverEvents
-from driver.kernel.port import Kernel, Peer
+from driver.kernel.port import Kernel
 from driver.keylocks import KeyedLocks
 from driver.local_state import LocalState
 from driver.peers import ControlPlane, PeerRecord, Snapshot, converge
+from driver.peerset import PeerSet
 from driver.records import EndpointRecord
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,8 @@ class Peering:
         self._locks = locks
         self._broken = broken  # networks with no kernel state to program
         self.events: DriverEvents = NO_EVENTS  # metrics hook (driver/events.py)
-        # Per network, under its lock: the remote peers last programmed.
-        self._programmed: dict[str, frozenset[Peer]] = {}
+        # Per network, under its lock: the remote peers last programmed, by endpoint.
+        self._programmed: dict[str, PeerSet] = {}
 
     # -- ours, out -----------------------------------------------------------------
 
@@ -88,7 +91,8 @@ class Peering:
 
     def on_snapshot(self, network_id: str, snapshot: Snapshot, *, recheck: bool = False) -> None:
         local = self.state.vtep()
-        want = frozenset(r.peer() for r in snapshot.values() if r.vtep != local)
+        by_endpoint = {eid: r.peer() for eid, r in snapshot.items() if r.vtep != local}
+        want = frozenset(by_endpoint.values())
         with self._locks.hold(network_id):
             net = self.state.network(network_id)
             # Most snapshots change nothing here (events about our own endpoints) or
@@ -96,13 +100,13 @@ class Peering:
             # FDB and neighbour table every time. The control plane's periodic
             # recheck compares with the kernel, so drift cannot last.
             known = self._programmed.pop(network_id, None)
-            have = None if recheck else known
+            have = None if recheck or known is None else known.peers()
             if net is None or network_id in self._broken:
                 # A broken network has no device to program; the periodic recheck
                 # after its rebuild diffs against the kernel.
                 return
-            if have == want:
-                self._programmed[network_id] = want
+            if have is not None and have == want:
+                self._programmed[network_id] = PeerSet(by_endpoint)
                 self.events.peers_programmed(  # metrics hook
                     network_id, snapshot, local, added=0, removed=0, recheck=recheck
                 )
@@ -117,7 +121,45 @@ class Peering:
                 added, removed = converge(self.kernel, network_id, want, have)
                 self.encryption.set_peers(network_id, vteps)
             # Only after success: after a failure the next snapshot diffs with the kernel.
-            self._programmed[network_id] = want
+            self._programmed[network_id] = PeerSet(by_endpoint)
             self.events.peers_programmed(  # metrics hook
                 network_id, snapshot, local, added=added, removed=removed, recheck=recheck
             )
+
+    def on_changes(self, network_id: str, changes: Mapping[str, PeerRecord | None]) -> bool:
+        """Program only what changed (endpoint ID -> its record now, None when gone).
+
+        False when there is nothing to apply the changes to: nothing programmed since a
+        failure, a ``forget`` or the start, a broken network, or an encrypted one (its SAs
+        follow the whole set of VTEPs); the control plane then hands over a snapshot.
+        """
+        local = self.state.vtep()
+        peers = {
+            eid: r.peer() if r is not None and r.vtep != local else None
+            for eid, r in changes.items()
+        }
+        with self._locks.hold(network_id):
+            known = self._programmed.get(network_id)
+            if known is None or network_id in self._broken:
+                return False
+            net = self.state.network(network_id)
+            if net is None or net.encrypted:
+                return False
+            missing, stale = known.apply(peers)
+            if missing or stale:
+                # Until it succeeded: after a failure the next delivery diffs with the kernel.
+                del self._programmed[network_id]
+                for peer in stale:
+                    self.kernel.remove_peer(network_id, peer)
+                for peer in missing:
+                    self.kernel.ensure_peer(network_id, peer)
+                self._programmed[network_id] = known
+                log.info(
+                    "network %s: peers +%d -%d (now %d)",
+                    names.short(network_id), len(missing), len(stale), len(known),
+                )  # fmt: skip
+            puts = {eid: r for eid, r in changes.items() if r is not None}
+            self.events.peers_programmed(  # metrics hook
+                network_id, puts, local, added=len(missing), removed=len(stale), recheck=False
+            )
+            return True

@@ -25,7 +25,7 @@ from driver.kernel.port import Kernel, Peer
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # as many as Peer (driver.kernel.port)
 class PeerRecord:
     """One endpoint as the rest of the swarm sees it."""
 
@@ -76,9 +76,20 @@ class OnSnapshot(Protocol):
         ...
 
 
+class OnChanges(Protocol):
+    def __call__(self, network_id: str, changes: Mapping[str, PeerRecord | None]) -> bool:
+        """Program only these endpoints' changes (endpoint ID -> record, None: gone).
+
+        False when the driver has nothing to apply them to: the control plane then hands
+        over a snapshot of the network instead.
+        """
+        ...
+
+
 class ControlPlane(Protocol):
-    def start(self, on_snapshot: OnSnapshot) -> None:
-        """Begin delivering snapshots for watched networks to ``on_snapshot``."""
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
+        """Begin delivering snapshots for watched networks to ``on_snapshot``, and (if
+        given) what changed between them to ``on_changes``."""
         ...
 
     def watch(self, network_id: str) -> None:
@@ -116,7 +127,7 @@ class ControlPlane(Protocol):
 class LocalControlPlane:
     """One host, no shared store: there are no remote endpoints to learn."""
 
-    def start(self, on_snapshot: OnSnapshot) -> None:
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
         return None
 
     def watch(self, network_id: str) -> None:

@@ -171,7 +171,7 @@ class Reconciler:
         seeds = {nid: self._peer_vteps(nid) for nid in sorted(encrypted)}
         changes += self.encryption.reconcile(seeds)
         self.peering.announce()
-        self.peering.control.start(self.peering.on_snapshot)
+        self.peering.control.start(self.peering.on_snapshot, self.peering.on_changes)
         for net in nets.values():
             self.peering.control.watch(net.network_id)
         changes += self._sweep_vnis(nets.values())

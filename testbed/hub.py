@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from driver.peers import OnSnapshot, PeerRecord
+from driver.peers import OnChanges, OnSnapshot, PeerRecord
 
 
 class Hub:
@@ -47,8 +47,8 @@ class HubPlane:
 
     # -- the ControlPlane port ----------------------------------------------------
 
-    def start(self, on_snapshot: OnSnapshot) -> None:
-        self.on_snapshot = on_snapshot
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
+        self.on_snapshot = on_snapshot  # snapshots only: the driver takes those always
 
     def watch(self, network_id: str) -> None:
         self.watched.add(network_id)

@@ -25,6 +25,29 @@ class FakeNetwork:
     # neighbours sharing one FDB entry.
     neighbours: dict[IPAddress, str] = field(default_factory=dict)
     fdb: dict[str, IPAddress] = field(default_factory=dict)
+    # How many neighbours use each MAC: finding whether one still does must not scan the
+    # table (the real kernel does not, and bench/scale_sim holds thousands of peers).
+    mac_uses: dict[str, int] = field(default_factory=dict)
+
+    def set_neighbour(self, ip: IPAddress, mac: str) -> None:
+        old = self.neighbours.get(ip)
+        if old == mac:
+            return
+        if old is not None:
+            self._unuse(old)
+        self.neighbours[ip] = mac
+        self.mac_uses[mac] = self.mac_uses.get(mac, 0) + 1
+
+    def drop_neighbour(self, ip: IPAddress) -> None:
+        mac = self.neighbours.pop(ip)
+        self._unuse(mac)
+
+    def _unuse(self, mac: str) -> None:
+        left = self.mac_uses[mac] - 1
+        if left:
+            self.mac_uses[mac] = left
+        else:
+            del self.mac_uses[mac]
 
     @property
     def peers(self) -> set[Peer]:
@@ -130,7 +153,7 @@ class FakeKernel:
             # Replace semantics, like the kernel's NLM_F_REPLACE: one VTEP per MAC,
             # one MAC per IP.
             net.fdb[peer.mac] = peer.vtep
-            net.neighbours[peer.ip] = peer.mac
+            net.set_neighbour(peer.ip, peer.mac)
 
     def remove_peer(self, network_id: str, peer: Peer) -> None:
         with self._lock:
@@ -142,9 +165,9 @@ class FakeKernel:
             remote = net.fdb.get(peer.mac)
             ours = remote == peer.vtep
             if net.neighbours.get(peer.ip) == peer.mac and (ours or remote is None):
-                del net.neighbours[peer.ip]
+                net.drop_neighbour(peer.ip)
             # The FDB entry goes with the last IP that uses the MAC (dual stack).
-            if ours and peer.mac not in net.neighbours.values():
+            if ours and peer.mac not in net.mac_uses:
                 del net.fdb[peer.mac]
 
     def peers(self, network_id: str) -> set[Peer]:

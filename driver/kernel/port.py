@@ -60,7 +60,8 @@ class EndpointLinks:
     bridge_side: str  # in the network namespace, enslaved to the bridge
 
 
-@dataclass(frozen=True)
+# slots: a node holds one per remote endpoint of its networks, tens of thousands at scale.
+@dataclass(frozen=True, slots=True)
 class Peer:
     """A remote endpoint reachable through a VXLAN tunnel endpoint (VTEP)."""
 

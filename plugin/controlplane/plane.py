@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from core.layout import StoreLayout
 from driver.events import ControlPlaneEvents
-from driver.peers import OnSnapshot, PeerRecord
+from driver.peers import OnChanges, OnSnapshot, PeerRecord
 from plugin.controlplane.handover import hand_over
 from plugin.controlplane.keeper import Keeper
 from plugin.controlplane.nodes import list_nodes
@@ -50,10 +50,11 @@ class EtcdControlPlane:
     def events(self, events: ControlPlaneEvents) -> None:
         self._keeper.events = self._watcher.events = events  # metrics hook
 
-    def start(self, on_snapshot: OnSnapshot) -> None:
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
         if self._threads:
             return
         self._watcher.on_snapshot = on_snapshot
+        self._watcher.on_changes = on_changes
         for target, name in (
             (self._keeper.run, "swarmnet-keeper"),
             (self._watcher.run, "swarmnet-watch"),

@@ -1,9 +1,15 @@
 """The watcher thread: every node's endpoints, followed from etcd, handed to the driver.
 
-It lists the peers prefix, then follows a watch stream from the listed revision, and hands
-level-triggered snapshots (every endpoint of a watched network) to the driver. Any error
-leads to a re-list, so an etcd outage or a lost watch ends with the store and the kernel
-converged again.
+It lists the peers prefix, then follows a watch stream from the listed revision. It hands
+the driver level-triggered snapshots (every endpoint of a watched network) after a listing,
+on ``watch`` and on the periodic resync; in between, the changes of each watch response,
+one delivery per network (``on_changes``), so an event costs every node work in proportion
+to the change rather than to the network's size. Any error leads to a re-list, so an etcd
+outage or a lost watch ends with the store and the kernel converged again.
+
+Deliveries are serialised (``_deliveries``): a snapshot copied by another thread (the
+keeper's resync, a CreateNetwork's ``watch``) is handed over before or after a response's
+changes, never in the middle, so a stale snapshot cannot undo a newer change.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from core.layout import StoreLayout
 from driver import names
 from driver.events import NO_EVENTS, ControlPlaneEvents
-from driver.peers import OnSnapshot, PeerRecord
+from driver.peers import OnChanges, OnSnapshot, PeerRecord
 from plugin.store.etcd import EtcdKV, b64, prefix_end
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,9 @@ class PeerWatcher:
         self._listed = False
         self._watched: set[str] = set()
         self._stream: Any = None
+        self._deliveries = threading.RLock()
         self.on_snapshot: OnSnapshot | None = None
+        self.on_changes: OnChanges | None = None
         self.events: ControlPlaneEvents = NO_EVENTS  # metrics hook (driver/events.py)
 
     def watch(self, network_id: str) -> None:
@@ -92,15 +100,35 @@ class PeerWatcher:
             backoff = min(backoff * 2, 5.0)
 
     def _deliver(self, network_id: str, recheck: bool = False) -> None:
+        with self._deliveries:
+            with self._lock:
+                if (
+                    not self._listed
+                    or network_id not in self._watched
+                    or self.on_snapshot is None
+                ):
+                    return
+                snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
+                callback = self.on_snapshot
+            try:
+                callback(network_id, snapshot, recheck=recheck)
+            except Exception:
+                log.exception("network %s: programming peers failed", names.short(network_id))
+
+    def _deliver_changes(self, network_id: str, changes: Mapping[str, PeerRecord | None]) -> None:
+        """Under ``_deliveries``: the changes alone, or a snapshot when the driver has
+        nothing to apply them to (or applying them failed)."""
         with self._lock:
-            if not self._listed or network_id not in self._watched or self.on_snapshot is None:
+            if not self._listed or network_id not in self._watched:
                 return
-            snapshot: Mapping[str, PeerRecord] = dict(self._state.get(network_id, {}))
-            callback = self.on_snapshot
-        try:
-            callback(network_id, snapshot, recheck=recheck)
-        except Exception:
-            log.exception("network %s: programming peers failed", names.short(network_id))
+            callback = self.on_changes
+        if callback is not None:
+            try:
+                if callback(network_id, changes):
+                    return
+            except Exception:
+                log.exception("network %s: programming peers failed", names.short(network_id))
+        self._deliver(network_id)
 
     def _list(self) -> int:
         payload = {"key": b64(self.keys.peers), "range_end": b64(prefix_end(self.keys.peers))}
@@ -128,26 +156,32 @@ class PeerWatcher:
             log.warning("ignoring malformed peer record %r: %s", kv.get("key"), e)
             return None
 
-    def _apply(self, event: Mapping[str, Any]) -> None:
-        kv = event["kv"]
-        key = base64.b64decode(kv["key"]).decode()
-        parts = key[len(self.keys.peers) :].split("/")
-        if len(parts) != 2:
-            return
-        nid, eid = parts
-        rec = None
-        if event.get("type") == "DELETE":
-            with self._lock:
-                self._state.get(nid, {}).pop(eid, None)
-        else:
-            rec = self._decode(kv)
-            if rec is None:
-                return
-            with self._lock:
-                self._state.setdefault(nid, {})[eid] = rec
-        if nid in self._watched:
-            self.events.record_changed(nid, eid, rec)  # metrics hook
-        self._deliver(nid)
+    def _apply(self, events: list[Mapping[str, Any]]) -> None:
+        """One watch response: every event into the state, then one delivery per network."""
+        with self._deliveries:
+            changes: dict[str, dict[str, PeerRecord | None]] = {}
+            for event in events:
+                kv = event["kv"]
+                key = base64.b64decode(kv["key"]).decode()
+                parts = key[len(self.keys.peers) :].split("/")
+                if len(parts) != 2:
+                    continue
+                nid, eid = parts
+                rec = None
+                if event.get("type") == "DELETE":
+                    with self._lock:
+                        self._state.get(nid, {}).pop(eid, None)
+                else:
+                    rec = self._decode(kv)
+                    if rec is None:
+                        continue
+                    with self._lock:
+                        self._state.setdefault(nid, {})[eid] = rec
+                if nid in self._watched:
+                    self.events.record_changed(nid, eid, rec)  # metrics hook
+                    changes.setdefault(nid, {})[eid] = rec
+            for nid, changed in changes.items():
+                self._deliver_changes(nid, changed)
 
     def _follow(self, revision: int) -> None:
         request = {
@@ -175,8 +209,7 @@ class PeerWatcher:
                     raise RuntimeError(f"watch failed: {chunk['error']}")
                 if result.get("canceled") or result.get("compact_revision"):
                     raise RuntimeError("watch cancelled by etcd (compacted?)")
-                for event in result.get("events", []):
-                    self._apply(event)
+                self._apply(result.get("events", []))
         finally:
             self._stream = None
             resp.close()

@@ -11,7 +11,7 @@ from contextlib import suppress
 import pytest
 
 from plugin.store.etcd import EtcdKV, StoreUnavailable
-from tests.support.etcd import EtcdServer, etcd_server
+from testbed.etcdserver import EtcdServer, etcd_server
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.etcd import EtcdServer, etcd_server
+from testbed.etcdserver import EtcdServer, etcd_server
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from plugin.controlplane import EtcdControlPlane
 from plugin.settings import from_env
 from plugin.store.etcd import EtcdKV
 from plugin.store.memory import MemoryKV
-from tests.support.etcd import EtcdServer
+from testbed.etcdserver import EtcdServer
 from tests.unit.conftest import Plugin
 
 NET = "q1w2e3r4t5y6u7i8o9p0asdfg"

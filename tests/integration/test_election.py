@@ -24,7 +24,7 @@ from plugin.app import STORE_ROOT
 from plugin.election import EtcdElection
 from plugin.lbcollector import Collector, vni_networks
 from plugin.store.etcd import EtcdKV
-from tests.support.etcd import EtcdServer
+from testbed.etcdserver import EtcdServer
 from tests.unit.lb.swarm_data import LBNET1, LBNET2, WEB, FakeView
 
 TTL = 3  # seconds; the smallest that leaves the keepalive (every TTL/3) room

@@ -9,8 +9,8 @@ import pytest
 from ipam.store_port import KV
 from plugin.errors import status_of
 from plugin.store.etcd import EtcdKV, StoreUnavailable
+from testbed.etcdserver import EtcdServer, free_port
 from tests.contract.kv_contract import KVContract
-from tests.support.etcd import EtcdServer, free_port
 from tests.support.etcd_requests import Requests, counting_kv
 
 

@@ -17,7 +17,7 @@ from ipam.config import IpamConfig
 from ipam.service import IpamService
 from plugin.store.etcd import EtcdKV
 from plugin.store.memory import MemoryKV
-from tests.support.etcd import EtcdServer
+from testbed.etcdserver import EtcdServer
 from tests.support.etcd_requests import Requests, counting_kv
 from tests.unit.ipam.helpers import GATEWAY, LAYOUT, address, pool
 

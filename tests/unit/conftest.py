@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from driver.kernel.fake import FakeKernel
-from driver.peers import OnSnapshot, PeerRecord
+from driver.peers import OnChanges, OnSnapshot, PeerRecord
 from plugin.app import create_app
 from plugin.settings import from_env
 from plugin.store.memory import MemoryKV
@@ -67,9 +67,16 @@ class RecordingControlPlane:
         self.withdrawals: list[str] = []
         self.watched: set[str] = set()
         self.on_snapshot: OnSnapshot | None = None
+        self.on_changes: OnChanges | None = None
 
-    def start(self, on_snapshot: OnSnapshot) -> None:
+    def start(self, on_snapshot: OnSnapshot, on_changes: OnChanges | None = None) -> None:
         self.on_snapshot = on_snapshot
+        self.on_changes = on_changes
+
+    def deliver_changes(self, network_id: str, changes: Mapping[str, PeerRecord | None]) -> bool:
+        """Hand the driver what changed, as the etcd watcher does between snapshots."""
+        assert self.on_changes is not None, "the driver takes no changes"
+        return self.on_changes(network_id, changes)
 
     def deliver(self, network_id: str, records: list[PeerRecord], recheck: bool = False) -> None:
         """Hand the driver a snapshot, as a real control plane's watch would."""

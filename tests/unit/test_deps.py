@@ -31,7 +31,7 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TOOLS = {
     "docker": "tests/e2e, tests/lab, bench, scripts/install.sh, scripts/bundle.sh",
     "dockerd": "tests/e2e, tests/lab, bench, scripts/demo.sh",
-    "etcd": "tests/integration, tests/lab (tests/support/etcd.py)",
+    "etcd": "tests/integration, tests/lab, bench/scale_sim (testbed/etcdserver.py)",
     "etcdctl": "tests/lab (lab.py)",
     "docker-registry": "tests/e2e/test_local.py (make push)",
     "busybox": "tests/e2e, tests/lab (the containers' image)",

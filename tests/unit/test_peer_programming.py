@@ -80,3 +80,39 @@ def test_after_a_failed_programming_the_next_snapshot_reads_the_kernel() -> None
     control.deliver(NET, [r1, r2])
     assert kernel.reads == reads + 1
     assert super(CountingKernel, kernel).peers(NET) == {r1.peer(), r2.peer()}
+
+
+# -- changes between snapshots (issue 16: work in proportion to the change) ---------------
+
+
+def test_changes_program_only_what_changed_without_reading_the_kernel() -> None:
+    _, kernel, control = make()
+    r1, r2, r3, own = record(1), record(2), record(3), record(4, vtep=LOCAL_VTEP)
+    control.deliver(NET, [r1, r2])
+    reads = kernel.reads
+    assert control.deliver_changes(NET, {r3.endpoint_id: r3, r1.endpoint_id: None})
+    assert control.deliver_changes(NET, {own.endpoint_id: own})  # our own: nothing to do
+    assert super(CountingKernel, kernel).peers(NET) == {r2.peer(), r3.peer()}
+    assert kernel.reads == reads
+
+
+def test_changes_with_nothing_programmed_ask_for_a_snapshot() -> None:
+    p, kernel, control = make()
+    r1 = record(1)
+    assert not control.deliver_changes(NET, {r1.endpoint_id: r1})  # before any snapshot
+    assert kernel.peers(NET) == set()
+    control.deliver(NET, [r1])
+    p.ok("/NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert not control.deliver_changes(NET, {r1.endpoint_id: None})  # the network is gone
+
+
+def test_a_failed_change_leaves_nothing_to_apply_the_next_to() -> None:
+    _, kernel, control = make()
+    r1, r2, r3 = record(1), record(2), record(3)
+    control.deliver(NET, [r1])
+    kernel.fail_next["ensure_peer"] = KernelError("injected")
+    with pytest.raises(KernelError):
+        control.deliver_changes(NET, {r2.endpoint_id: r2})
+    assert not control.deliver_changes(NET, {r3.endpoint_id: r3})
+    control.deliver(NET, [r1, r2, r3])  # the snapshot that follows repairs it
+    assert kernel.peers(NET) == {r1.peer(), r2.peer(), r3.peer()}

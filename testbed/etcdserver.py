@@ -1,4 +1,5 @@
-"""A real etcd server for tests: Debian's etcd-server, on loopback, in a temp dir."""
+"""A real etcd server on loopback (Debian's etcd-server), in a temp dir: for tests/integration,
+tests/fault and bench/scale_sim (which puts its data dir under build/ and passes extra flags)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class EtcdServer:
     process: subprocess.Popen[bytes]
     peer_port: int
     client_port: int
+    extra_args: tuple[str, ...] = ()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -41,11 +43,13 @@ class EtcdServer:
 
     def start(self) -> None:
         """Start again on the same ports and data (after stop(), for outage tests)."""
-        self.process = _spawn(self.data_dir, self.client_port, self.peer_port)
+        self.process = _spawn(self.data_dir, self.client_port, self.peer_port, self.extra_args)
         _wait_healthy(self.url, self.process)
 
 
-def _spawn(data_dir: Path, client_port: int, peer_port: int) -> subprocess.Popen[bytes]:
+def _spawn(
+    data_dir: Path, client_port: int, peer_port: int, extra_args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     log = open(data_dir / "etcd.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
         [
@@ -68,6 +72,7 @@ def _spawn(data_dir: Path, client_port: int, peer_port: int) -> subprocess.Popen
             "warn",
             "--logger",
             "zap",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -91,13 +96,21 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0
 
 
 @contextmanager
-def etcd_server() -> Iterator[EtcdServer]:
+def etcd_server(
+    parent: Path | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[EtcdServer]:
+    """A fresh etcd in a new directory under ``parent`` (the system's temp dir if None),
+    stopped and removed on the way out, even on failure."""
     if not Path(ETCD).exists():
         raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
-    data_dir = Path(tempfile.mkdtemp(prefix="swarmnet-etcd-"))
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="swarmnet-etcd-", dir=parent))
     client_port, peer_port = free_port(), free_port()
-    proc = _spawn(data_dir, client_port, peer_port)
-    server = EtcdServer(f"http://127.0.0.1:{client_port}", data_dir, proc, peer_port, client_port)
+    proc = _spawn(data_dir, client_port, peer_port, extra_args)
+    server = EtcdServer(
+        f"http://127.0.0.1:{client_port}", data_dir, proc, peer_port, client_port, extra_args
+    )
     try:
         _wait_healthy(server.url, proc)
         yield server

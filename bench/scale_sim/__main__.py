@@ -1,0 +1,3 @@
+from bench.scale_sim.run import main
+
+main()
