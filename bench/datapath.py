@@ -47,6 +47,7 @@ from bench.common import (
     create_network,
     log,
     machine,
+    node_mount_exec,
     remove_network,
     start_holders,
     step,
@@ -173,8 +174,30 @@ def pooled(paths: list[Path]) -> dict[str, dict[str, list[float]]]:
     return samples
 
 
+def inspect(lab: Lab, nets: dict[str, Net]) -> dict[str, Any]:
+    """Node 1's namespace of each network as the driver left it: the bridge-nf-call sysctls
+    and the VXLAN device's checksum flag (read with the tools: cat and ip)."""
+    node = lab.node(1)
+    out: dict[str, Any] = {}
+    for config, net in nets.items():
+        path = (str(node.plugin_run_source / "netns" / f"sn-{net.id[:12]}")
+                if net.driver.label == OURS else f"/run/docker/netns/1-{net.id[:10]}")
+        try:
+            nf = node_mount_exec(node, path, ["sh", "-c", "cat /proc/sys/net/bridge/"
+                                              "bridge-nf-call-ip*tables"]).stdout.split()
+            links = json.loads(node_mount_exec(node, path, ["ip", "-j", "-d", "link", "show",
+                                                            "type", "vxlan"]).stdout or "[]")
+        except (LabError, subprocess.SubprocessError, ValueError) as e:
+            out[config] = {"error": str(e)}
+            continue
+        data = [link.get("linkinfo", {}).get("info_data", {}) for link in links]
+        out[config] = {"bridge-nf-call-ip(6)tables": nf,
+                       "vxlan_udp_csum": [d.get("udp_csum") for d in data]}
+    return out
+
+
 def run(lab: Lab, args: argparse.Namespace, samples: dict[str, dict[str, list[float]]],
-        failures: list[str]) -> None:
+        failures: list[str], report: dict[str, Any]) -> None:
     driver = Driver(OURS, args.plugin_name, args.plugin_name)
     docker = Driver(DOCKER, "overlay", None)
     subnets = list(ipaddress.IPv4Network("10.215.0.0/16").subnets(new_prefix=24))
@@ -187,6 +210,8 @@ def run(lab: Lab, args: argparse.Namespace, samples: dict[str, dict[str, list[fl
             for net in nets.values():
                 create_network(lab, net)
                 start_holders(lab, net, [1, 2])
+        report["namespaces"] = inspect(lab, nets)
+        log(f"namespaces: {report['namespaces']}")
         for r in range(args.rounds):
             for config in order(r):
                 for metric in args.metrics:
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             build_plugin(lab, args)
             with step(f"install {args.plugin_name}"):
                 lab.install_plugin(args.plugin, args.plugin_name, {})
-        run(lab, args, samples, failures)
+        run(lab, args, samples, failures, report)
     except BaseException as e:
         report["error"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
