@@ -44,8 +44,7 @@ class NetworkSpec:
     local_vtep: IPAddress | None = None
     # The data-path settings measured in docs/benchmarks.md ("Data path"): no bridge
     # netfilter in the network namespace, and no outer UDP checksum on an IPv4 underlay
-    # (Docker's overlay sends none either). Off for encrypted networks, which were not
-    # measured with them.
+    # (RFC 7348's SHOULD). Off for encrypted networks, which were not measured with them.
     tuned: bool = False
 
 
