@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "lab-datapath")
     p.add_argument("--name", default="dpath")
     p.add_argument("--existing", action="store_true", help="the lab in --workdir is up")
+    p.add_argument("--report-only", action="store_true",
+                   help="no lab, no measuring: the table and plot of the --pool files")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "datapath.json")
     args = p.parse_args(argv)
@@ -229,9 +231,32 @@ def run(lab: Lab, args: argparse.Namespace, samples: dict[str, dict[str, list[fl
                 remove_network(lab, net.name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_all(args: argparse.Namespace, samples: dict[str, dict[str, list[float]]],
+                failures: list[str], report: dict[str, Any]) -> int:
+    """Lab up, plugin built and installed, the rounds, lab down; 1 on an error."""
     from bench.run import build_plugin  # the same bundle logic as `make bench`
 
+    lab = Lab.from_state(args.workdir) if args.existing else Lab(3, args.workdir, name=args.name)
+    try:
+        if not args.existing:
+            with step("lab up (3 nodes)"):
+                lab.up()
+            build_plugin(lab, args)
+            with step(f"install {args.plugin_name}"):
+                lab.install_plugin(args.plugin, args.plugin_name, {})
+        run(lab, args, samples, failures, report)
+    except BaseException as e:
+        report["error"] = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+        return 1
+    finally:
+        if not (args.existing or args.keep):
+            with step("lab down"):
+                lab.down()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load = os.getloadavg()
     started = time.time()
@@ -244,24 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: getattr(args, k) for k in ("rounds", "tcp_seconds", "udp_seconds",
                                                    "pings", "metrics")},
     }
-    lab = Lab.from_state(args.workdir) if args.existing else Lab(3, args.workdir, name=args.name)
-    status = 0
-    try:
-        if not args.existing:
-            with step("lab up (3 nodes)"):
-                lab.up()
-            build_plugin(lab, args)
-            with step(f"install {args.plugin_name}"):
-                lab.install_plugin(args.plugin, args.plugin_name, {})
-        run(lab, args, samples, failures, report)
-    except BaseException as e:
-        report["error"] = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
-        status = 1
-    finally:
-        if not (args.existing or args.keep):
-            with step("lab down"):
-                lab.down()
+    status = 0 if args.report_only else measure_all(args, samples, failures, report)
     report.update(duration_s=round(time.time() - started, 1), loadavg_end=os.getloadavg(),
                   failures=failures, samples=samples, summary=summarize(samples))
     args.out.parent.mkdir(parents=True, exist_ok=True)

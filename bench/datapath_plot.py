@@ -1,5 +1,5 @@
-"""The data-path bench's plot: per metric, one bar per configuration (the median), a line from
-the 25th to the 75th percentile, and the median's value; every sample as a dot."""
+"""The data-path bench's plot: per metric, one bar per configuration (the median, its value at
+the foot), a line from the 25th to the 75th percentile, and every sample as a dot."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def plot(samples: dict[str, dict[str, list[float]]], path: Path) -> None:
 def _panel(canvas: Canvas, x0: int, metric: str, by_config: dict[str, list[float]]) -> None:
     canvas.text(x0 + 10, 10, TITLES[metric])
     configs = [c for c in COLORS if by_config.get(c)]
-    top = max(max(by_config[c]) for c in configs) * 1.1 or 1.0
+    # The scale ends above the 95th percentiles: a few slow pings would squash the bars.
+    top = max(percentile(by_config[c], 95) for c in configs) * 1.15 or 1.0
     base = TOP + PANEL_H  # y of zero
     canvas.rect(x0 + 10, base, x0 + PANEL_W - 20, base + 1, (0, 0, 0))  # axis
     slot = (PANEL_W - 40) // max(len(configs), 1)
@@ -44,7 +45,7 @@ def _panel(canvas: Canvas, x0: int, metric: str, by_config: dict[str, list[float
         bar_w = slot - 16
 
         def y(v: float) -> int:
-            return base - round(v / top * PANEL_H)
+            return base - round(min(v, top) / top * PANEL_H)
 
         canvas.rect(left, y(med), left + bar_w, base - 1, COLORS[config])
         mid = left + bar_w // 2
@@ -53,4 +54,6 @@ def _panel(canvas: Canvas, x0: int, metric: str, by_config: dict[str, list[float
         for v in values:
             canvas.rect(mid + 6, y(v) - 1, mid + 8, y(v) + 1, (40, 40, 40))
         label = f"{med:.3g}"
-        canvas.text(left + (bar_w - Canvas.text_width(label)) // 2, y(max(values)) - 14, label)
+        # The median's value at the foot of its bar, in white.
+        canvas.text(left + (bar_w - Canvas.text_width(label)) // 2, base - 16, label,
+                    (255, 255, 255))
