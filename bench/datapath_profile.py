@@ -5,6 +5,7 @@ with the netlink kernel (testbed/hostlab.py), the same devices the plugin makes,
 underlay through a bridge as in the lab.
 
     python -m bench.datapath_profile            # needs root, perf and iperf3; about 1 minute
+    python -m bench.datapath_profile --udp 64 --out build/bench/datapath-profile-udp64.json
 
 Writes build/bench/datapath-profile.{json,md}. Everything runs on one 2-core machine, so
 sender and receiver share the CPUs; the call chains tell the directions apart (tcp_sendmsg
@@ -38,7 +39,7 @@ from testbed.hostlab import Endpoint, HostLab  # noqa: E402
 NETS = {"tuned": ("c1" * 32, 4301, "10.61.0.0/24", True),
         "plain": ("c2" * 32, 4302, "10.62.0.0/24", False)}
 # Functions whose inclusive share (children) says where a stream's time goes.
-FOCUS = ("tcp_sendmsg", "tcp_recvmsg", "handle_softirqs", "net_rx_action", "process_backlog",
+FOCUS = ("tcp_sendmsg", "tcp_recvmsg", "udp_sendmsg", "udp_recvmsg", "handle_softirqs", "net_rx_action", "process_backlog",
          "br_handle_frame", "nf_hook_slow", "br_nf_pre_routing", "br_nf_forward_ip",
          "br_nf_post_routing", "vxlan_xmit", "udp_tunnel_xmit_skb", "vxlan_rcv",
          "gro_cell_poll", "veth_xmit", "udp_queue_rcv_one_skb", "skb_checksum_help",
@@ -82,12 +83,13 @@ def cpu_times() -> list[int]:
 
 
 def profile(client: Path, server: Path, dst: str, seconds: int, perf_seconds: int,
-            data: Path) -> dict[str, Any]:
+            data: Path, udp: int) -> dict[str, Any]:
     srv = subprocess.Popen(["nsenter", f"--net={server}", "iperf3", "-s", "-1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
+    extra = ["-u", "-b", "0", "-l", str(udp)] if udp else []
     cli = subprocess.Popen(["nsenter", f"--net={client}", "iperf3", "-c", dst, "-t",
-                            str(seconds), "-J"], stdout=subprocess.PIPE, text=True)
+                            str(seconds), "-J", *extra], stdout=subprocess.PIPE, text=True)
     time.sleep(max(1, (seconds - perf_seconds) // 2))
     irq0, cpu0 = softirqs(), cpu_times()
     subprocess.run(["perf", "record", "-a", "-g", "-o", str(data), "--", "sleep",
@@ -101,8 +103,10 @@ def profile(client: Path, server: Path, dst: str, seconds: int, perf_seconds: in
     # /proc/stat: user nice system idle iowait irq softirq steal ...
     shares = dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"),
                       (round(100 * t / total, 1) for t in ticks), strict=False))
+    got = result["end"]["sum_received"]
     return {
-        "gbps": result["end"]["sum_received"]["bits_per_second"] / 1e9,
+        "gbps": got["bits_per_second"] / 1e9,
+        "kpps": (got.get("packets", 0) - got.get("lost_packets", 0)) / got["seconds"] / 1e3,
         "retransmits": result["end"]["sum_sent"].get("retransmits", 0),
         "cpu_percent": shares,
         "softirqs_per_s": {k: round((irq1[k] - irq0[k]) / perf_seconds)
@@ -146,7 +150,9 @@ def markdown(runs: dict[str, dict[str, Any]]) -> str:
     def row(name: str, cell: Any) -> None:
         lines.append(f"| {name} | " + " | ".join(cell(runs[k]) for k in labels) + " |")
 
-    row("TCP Gbit/s (this run)", lambda r: f"{r['gbps']:.2f}")
+    row("Gbit/s (this run)", lambda r: f"{r['gbps']:.2f}")
+    if any(r["kpps"] for r in runs.values()):
+        row("UDP kpps delivered (this run)", lambda r: f"{r['kpps']:.0f}")
     row("CPU idle / softirq / system %", lambda r: "{idle} / {softirq} / {system}".format(
         **r["cpu_percent"]))
     row("NET_RX softirqs per s", lambda r: str(r["softirqs_per_s"].get("NET_RX", "-")))
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=int, default=10, help="iperf3 run per configuration")
     p.add_argument("--perf-seconds", type=int, default=5)
+    p.add_argument("--udp", type=int, default=0, metavar="BYTES",
+                   help="UDP at this payload size (unlimited rate) instead of TCP")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "datapath-profile.json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="swarmnet-dpprof-") as tmp:
@@ -174,14 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             for label in ("plain", "tuned"):
                 a, b = pairs[label]
                 runs[label] = profile(a.container, b.container, str(b.address.ip), args.seconds,
-                                      args.perf_seconds, Path(tmp) / f"{label}.data")
+                                      args.perf_seconds, Path(tmp) / f"{label}.data", args.udp)
             runs["underlay"] = profile(lab.hosts[0].ns, lab.hosts[1].ns,
                                        str(lab.hosts[1].vtep), args.seconds, args.perf_seconds,
-                                       Path(tmp) / "underlay.data")
+                                       Path(tmp) / "underlay.data", args.udp)
         finally:
             lab.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "udp": args.udp,
                                     "runs": runs, "features": found}, indent=2) + "\n")
     table = markdown(runs)
     args.out.with_suffix(".md").write_text(table + "\n")
