@@ -39,7 +39,8 @@ from testbed.hostlab import Endpoint, HostLab  # noqa: E402
 NETS = {"tuned": ("c1" * 32, 4301, "10.61.0.0/24", True),
         "plain": ("c2" * 32, 4302, "10.62.0.0/24", False)}
 # Functions whose inclusive share (children) says where a stream's time goes.
-FOCUS = ("tcp_sendmsg", "tcp_recvmsg", "udp_sendmsg", "udp_recvmsg", "handle_softirqs", "net_rx_action", "process_backlog",
+FOCUS = ("tcp_sendmsg", "tcp_recvmsg", "udp_sendmsg", "udp_recvmsg", "handle_softirqs",
+         "net_rx_action", "process_backlog",
          "br_handle_frame", "nf_hook_slow", "br_nf_pre_routing", "br_nf_forward_ip",
          "br_nf_post_routing", "vxlan_xmit", "udp_tunnel_xmit_skb", "vxlan_rcv",
          "gro_cell_poll", "veth_xmit", "udp_queue_rcv_one_skb", "skb_checksum_help",
