@@ -10,8 +10,10 @@ run on the 3-node lab, between a holder container on node 1 and one on node 2:
 Per round and configuration: iperf3 TCP (one stream), iperf3 UDP at 64-byte and 1,400-byte
 payloads (unlimited rate, packets per second delivered), and 20 pings. The order rotates every
 round and reverses every other one, so no configuration always follows the same one. Rows
-compare samples with a Mann-Whitney U test and a bootstrap interval of the ratio of medians
-(bench/ranks.py), which is what can resolve a few percent on this noisy machine; ``--pool``
+compare samples with a Mann-Whitney U test and a bootstrap interval of the ratio of medians,
+and round by round (the configurations of a round ran back to back) with Wilcoxon's
+signed-rank test (bench/ranks.py): on this noisy machine the load moves between rounds more
+than between neighbouring runs, so the paired test resolves smaller differences; ``--pool``
 adds the samples of earlier runs' JSON files. Writes build/bench/datapath.{json,md,png}.
 
     python -m bench.datapath                    # 8 rounds
@@ -128,6 +130,13 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             theirs = by_config.get(other) or []
             if len(ours) >= 2 and len(theirs) >= 2:
                 row[f"ours_vs_{other}"] = ranks.compare(ours, theirs)
+                if metric != "rtt" and len(ours) == len(theirs):
+                    # One sample a round each (a failed sample would break the pairing).
+                    wins, p = ranks.signed_rank(list(zip(ours, theirs, strict=True)))
+                    per_round = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+                    row[f"ours_vs_{other}"].update(
+                        paired_wins=wins, paired_p=p,
+                        paired_median_ratio=statistics.median(per_round))
         if metric == "rtt" and by_config.get("underlay"):
             base = statistics.median(by_config["underlay"])
             row["overhead_ms"] = {c: statistics.median(v) - base
@@ -138,32 +147,38 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     head = ("| metric | ours | ours, tuning off | Docker's overlay | underlay | ours / Docker "
-            "(95% CI) | p | ours / tuning off (95% CI) | p | ours / underlay | n per config |")
-    lines = [head, "|---|" + "---:|" * 10]
+            "(95% CI) | p | paired: ours / Docker, rounds won, p | ours / tuning off (95% CI) "
+            "| p | paired: ours / tuning off, rounds won, p | ours / underlay | n per config |")
+    lines = [head, "|---|" + "---:|" * 12]
     for metric, row in summary.items():
         label, unit, _ = METRICS[metric]
 
         def med(c: str, row: dict[str, Any] = row) -> str:
             return f"{row[c]['median']:.3g}" if c in row else "-"
 
-        def cmp(other: str, row: dict[str, Any] = row) -> tuple[str, str]:
+        def cmp(other: str, row: dict[str, Any] = row) -> tuple[str, str, str]:
             c = row.get(f"ours_vs_{other}")
             if not c:
-                return "-", "-"
-            return f"{c['ratio']:.3f} ({c['ci_low']:.3f}-{c['ci_high']:.3f})", f"{c['p']:.2g}"
+                return "-", "-", "-"
+            paired = "-"
+            if "paired_p" in c:
+                paired = (f"{c['paired_median_ratio']:.3f}, {c['paired_wins']:.0%}, "
+                          f"{c['paired_p']:.2g}")
+            return (f"{c['ratio']:.3f} ({c['ci_low']:.3f}-{c['ci_high']:.3f})", f"{c['p']:.2g}",
+                    paired)
 
-        d, dp = cmp("docker")
-        t, tp = cmp("ours-plain")
+        d, dp, dw = cmp("docker")
+        t, tp, tw = cmp("ours-plain")
         u = row.get("ours_vs_underlay", {}).get("ratio")
         n = "/".join(str(row[c]["n"]) for c in CONFIGS if c in row)
         lines.append(f"| {label} ({unit}) | {med('ours')} | {med('ours-plain')} | "
-                     f"{med('docker')} | {med('underlay')} | {d} | {dp} | {t} | {tp} | "
-                     f"{'-' if u is None else f'{u:.3f}'} | {n} |")
+                     f"{med('docker')} | {med('underlay')} | {d} | {dp} | {dw} | {t} | {tp} | "
+                     f"{tw} | {'-' if u is None else f'{u:.3f}'} | {n} |")
         if "overhead_ms" in row:
             o = row["overhead_ms"]
             lines.append("| … RTT over the underlay (µs) | " + " | ".join(
                 f"{o[c] * 1000:.1f}" if c in o else "-" for c in CONFIGS[:3])
-                + " | 0 | | | | | | |")
+                + " | 0 | | | | | | | | |")
     return "\n".join(lines)
 
 

@@ -70,3 +70,38 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
         "p": p,
         "p_a_beats_b": u / (len(a) * len(b)),
     }
+
+
+def signed_rank(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Wilcoxon's signed-rank test on paired samples (a_i, b_i), compared as log(a_i / b_i):
+    (the share of pairs where a beats b, two-sided p-value by the normal approximation with
+    the tie and continuity corrections; zero differences are dropped).
+
+    The data-path bench pairs the samples of one round: its configurations ran back to back,
+    so whatever else loaded the machine then weighed on all of them alike.
+    """
+    diffs = [math.log(a / b) for a, b in pairs if a > 0 and b > 0 and a != b]
+    n = len(diffs)
+    if n == 0:
+        return 0.5, 1.0
+    order = sorted(range(n), key=lambda k: abs(diffs[k]))
+    ranks = [0.0] * n
+    ties = 0.0
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and abs(diffs[order[j + 1]]) == abs(diffs[order[i]]):
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        t = j - i + 1
+        ties += t**3 - t
+        i = j + 1
+    w_plus = sum(r for r, d in zip(ranks, diffs, strict=True) if d > 0)
+    mean = n * (n + 1) / 4
+    var = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
+    wins = sum(d > 0 for d in diffs) / n
+    if var <= 0:
+        return wins, 1.0
+    z = (abs(w_plus - mean) - 0.5) / math.sqrt(var)
+    return wins, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ranks import compare, mann_whitney, ratio_ci
+from bench.ranks import compare, mann_whitney, ratio_ci, signed_rank
 
 
 def test_separated_samples() -> None:
@@ -31,3 +31,13 @@ def test_interval_brackets_the_ratio_and_is_deterministic() -> None:
     c = compare(a, b)
     assert c["ratio"] == pytest.approx(12.5 / 11.5)
     assert 0.5 < c["p_a_beats_b"] < 1 and c["p"] > 0.05
+
+
+def test_signed_rank_on_pairs() -> None:
+    # Five rounds all won: W+ = 15 against a mean of 7.5 and a variance of 13.75.
+    wins, p = signed_rank([(2.0, 1.0), (3.0, 2.0), (5.0, 4.0), (7.0, 6.5), (9.0, 8.9)])
+    assert wins == 1.0
+    assert p == pytest.approx(0.0590, abs=1e-3)
+    assert signed_rank([(1.0, 1.0)]) == (0.5, 1.0)  # no difference at all
+    wins, p = signed_rank([(2.0, 1.0), (1.0, 2.0)])
+    assert wins == 0.5 and p == 1.0
