@@ -6,8 +6,8 @@ not (GRO on the veth pair, bigger GSO/GRO sizes) are not here.
 - **No bridge netfilter in the network namespace.** The bridge-nf-call sysctls are per
   network namespace and start at 1 whenever br_netfilter is loaded (dockerd loads it), so
   every frame crossing our bridge went through the IPv4 and IPv6 netfilter hooks of a
-  namespace that has no rules. Only our namespace is changed;
-  the host's and the containers' stay as they are.
+  namespace that has no rules. Only our namespace is changed; the host's and the
+  containers' stay as they are.
 - **No outer UDP checksum on an IPv4 underlay** (``vxlan_udp_csum=0``). RFC 7348 says the
   VXLAN UDP checksum SHOULD be sent as zero and a zero checksum MUST be accepted, the inner
   frame keeps its own checksum, and IPv4 allows a zero UDP checksum, so nodes with and
