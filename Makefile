@@ -9,8 +9,10 @@
 #                   test-fault, test-kernel, test-kernellab, test-kernellab-swarm, test-e2e,
 #                   test-lab one at a time
 #   make bench      the benchmarks of docs/benchmarks.md: bench-overlay (multi-host lab, both
-#                   drivers), then bench-lb (service VIP load balancing, under kernel-lab)
+#                   drivers), then bench-lb (service VIP load balancing, under kernel-lab);
+#                   bench-datapath runs the data-path comparison alone (issue 17)
 #   make bench-scale the control plane at 10 to 1,000 simulated nodes on one real etcd
+#   make bench-calls plugin calls on one quiet host, with the worker's CPU per call
 #
 # The docker client is $(DOCKER) (the 20.10 client that matches the daemon); it
 # honours DOCKER_HOST, so `DOCKER_HOST=unix:///path/docker.sock make install`
@@ -48,7 +50,8 @@ export DOCKER PYTHON BASE_CACHE
 .PHONY: all deps venv demo wheels base-image plugin install uninstall push host-prep \
         test test-unit test-integration test-fault test-kernel test-kernellab \
         test-kernellab-swarm test-e2e test-lab \
-        lab-up lab-down bench bench-overlay bench-lb bench-calls bench-scale lint clean distclean
+        lab-up lab-down bench bench-overlay bench-lb bench-calls bench-scale bench-datapath lint clean \
+        distclean
 
 all: plugin
 
@@ -182,6 +185,13 @@ bench: bench-overlay bench-lb
 
 bench-overlay: venv
 	$(PYTHON) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Issue 17: the data path alone (ours, ours with tuning off, Docker's overlay, underlay,
+# alternating; TCP, UDP 64/1400 B, ping), rank test per row; build/bench/datapath.{json,md,png}.
+# QUICK=1: 3 rounds (about 4 min); DATAPATH_ARGS for any `python -m bench.datapath` flag.
+DATAPATH_ARGS ?=
+bench-datapath: venv
+	$(PYTHON) -m bench.datapath $(if $(QUICK),--rounds 3) $(DATAPATH_ARGS)
 
 # Issue 10: service VIP load balancing (IPVS, so under kernel-lab, set up as for
 # test-kernellab): VIP vs direct connects, record-to-sandbox delay, 50 services x 10

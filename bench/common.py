@@ -131,6 +131,7 @@ class Net:
     subnet: ipaddress.IPv4Network
     id: str = ""
     holders: dict[int, Holder] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # -o KEY=VALUE
 
     @property
     def label(self) -> str:
@@ -143,6 +144,8 @@ def create_network(lab: Lab, net: Net) -> None:
             "--subnet", str(net.subnet)]
     if net.driver.ipam:
         args += ["--ipam-driver", net.driver.ipam]
+    for key, value in net.options.items():
+        args += ["-o", f"{key}={value}"]
     net.id = lab.manager().docker(*args, net.name).stdout.strip()
 
 

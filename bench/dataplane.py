@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench.common import Context, LabError, Row, alternate, in_netns, log, wait_until
@@ -66,7 +67,8 @@ def measure_ping(ctx: Context, rounds: int, count: int = 20) -> list[Row]:
     return [row, ceiling]
 
 
-def iperf3(client: int | str, server: int | str, dst: str, seconds: int) -> dict[str, Any]:
+def iperf3(client: int | str, server: int | str, dst: str, seconds: int,
+           extra: Sequence[str] = ()) -> dict[str, Any]:
     srv = subprocess.Popen(in_netns(server, ["iperf3", "-s", "-1", "-p", str(PORT)]),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -74,7 +76,7 @@ def iperf3(client: int | str, server: int | str, dst: str, seconds: int) -> dict
             in_netns(server, ["ss", "-Hltn", f"sport = :{PORT}"]), capture_output=True,
             text=True).stdout.strip(), 10, 0.05)
         out = subprocess.run(in_netns(client, ["iperf3", "-c", dst, "-p", str(PORT), "-t",
-                                               str(seconds), "-J"]),
+                                               str(seconds), "-J", *extra]),
                              capture_output=True, text=True, timeout=seconds + 60)
         result: dict[str, Any] = json.loads(out.stdout or "{}")
         if out.returncode != 0 or "error" in result:

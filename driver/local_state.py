@@ -68,6 +68,7 @@ class LocalState:
             vxlan_port=self._config.vxlan_port_for(net.encrypted),
             bridge_addresses=net.gateways,
             local_vtep=self.vtep(),
+            tuned=net.tuned and not net.encrypted,
         )
 
     # -- networks ----------------------------------------------------------------

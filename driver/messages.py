@@ -18,6 +18,8 @@ _EMPTY: Mapping[str, IPInterface] = MappingProxyType({})
 OPT_VNI = "swarmnet.vni"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ENCRYPTED = "encrypted"
+# "off" keeps the kernel's defaults on the data path (driver/kernel/netlink/tuning.py).
+OPT_TUNING = "swarmnet.tuning"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class NetworkOptions:
     vni: int | None = None  # swarmnet.vni: chosen by AllocateNetwork (or by the user)
     mtu: int | None = None  # None: the underlay's MTU less the VXLAN overhead
     encrypted: bool = False
+    tuning: bool = True  # swarmnet.tuning; encrypted networks are never tuned
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class NetworkRecord:
     internal: bool = False
     encrypted: bool = False
     gateways: tuple[IPInterface, ...] = ()
+    # The data-path settings (NetworkSpec.tuned). Records written before it read as tuned.
+    tuned: bool = True
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -93,6 +95,7 @@ _KINDS: dict[type, dict[str, _Kind]] = {
         "mtu": _Kind(int, int),
         "internal": _Kind(bool, bool),
         "encrypted": _Kind(bool, bool),
+        "tuned": _Kind(bool, bool),
         "gateways": _INTERFACES,
         "options": _STRINGS,
     },

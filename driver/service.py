@@ -160,6 +160,7 @@ class NetworkDriverService:
                 internal=req.internal,
                 encrypted=encrypted,
                 gateways=tuple(d.gateway for d in (*req.ipv4, *req.ipv6) if d.gateway),
+                tuned=req.options.tuning and not encrypted,
                 options=req.options.raw,
             )
             with contextlib.ExitStack() as undo:

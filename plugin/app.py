@@ -62,7 +62,8 @@ def _netlink_load_balancer() -> LoadBalancer:
         # IPVS still balances without Docker's sysctls, only less well (connections to a
         # removed task hang until their timeout): better than no balancing at all.
         log.warning(
-            "load balancing: %s; IPVS sysctls (net.ipv4.vs.*) stay at the kernel's defaults",
+            "%s; IPVS sysctls (net.ipv4.vs.*) and the bridge-nf-call sysctls of our "
+            "network namespaces stay at the kernel's defaults",
             problem,
         )
     return NetlinkLoadBalancer(require_sysctls=problem is None)

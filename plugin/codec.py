@@ -20,6 +20,7 @@ from driver import names
 from driver.messages import (
     OPT_ENCRYPTED,
     OPT_MTU,
+    OPT_TUNING,
     OPT_VNI,
     AllocateNetwork,
     CreateEndpoint,
@@ -287,14 +288,24 @@ def _encrypted(options: Mapping[str, str]) -> bool:
     return options[OPT_ENCRYPTED].strip().lower() not in ("false", "0", "no", "off")
 
 
+def _tuning(options: Mapping[str, str]) -> bool:
+    value = options.get(OPT_TUNING, "on").strip().lower()
+    if value in ("on", "true", "1", "yes", ""):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise BadRequest(f"{OPT_TUNING}: {names.cut(value)} is neither on nor off")
+
+
 def network_options(options: Mapping[str, str]) -> NetworkOptions:
-    """The driver options we read, checked: the VNI, the MTU and ``encrypted``."""
+    """The driver options we read, checked: the VNI, the MTU, ``encrypted`` and the tuning."""
     vni, mtu = options.get(OPT_VNI), options.get(OPT_MTU)
     return NetworkOptions(
         raw=options,
         vni=_vni(vni) if vni else None,
         mtu=_mtu(mtu) if mtu else None,
         encrypted=_encrypted(options),
+        tuning=_tuning(options),
     )
 
 

@@ -42,6 +42,10 @@ class NetworkSpec:
     bridge_addresses: tuple[IPInterface, ...] = ()
     # Source address of the VXLAN tunnel on the underlay; None lets the kernel choose.
     local_vtep: IPAddress | None = None
+    # The data-path settings measured in docs/benchmarks.md ("Data path"): no bridge
+    # netfilter in the network namespace, and no outer UDP checksum on an IPv4 underlay
+    # (RFC 7348's SHOULD). Off for encrypted networks, which were not measured with them.
+    tuned: bool = False
 
 
 @dataclass(frozen=True)

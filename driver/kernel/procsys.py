@@ -1,8 +1,11 @@
-"""A writable /proc/sys for the per-namespace sysctls load balancing sets.
+"""A writable /proc/sys for the per-namespace sysctls the plugin sets: load balancing's
+(net.ipv4.vs.*, in sandboxes) and the data path's (net.bridge.bridge-nf-call-*, in our
+network namespaces).
 
 Docker mounts /proc/sys read-only in a managed plugin, as in any container. The
-sysctls we write (net.ipv4.vs.*) are per network namespace and resolve against the
-writing thread's namespace, which is always a container's sandbox, never the host's.
+sysctls we write are per network namespace and resolve against the writing thread's
+namespace, which is always a container's sandbox or one of our network namespaces,
+never the host's.
 The plugin already holds CAP_SYS_ADMIN and runs in its own mount namespace, so
 remounting /proc/sys read-write there widens nothing: it changes no mount the host
 or a container sees.

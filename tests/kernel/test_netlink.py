@@ -46,7 +46,9 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 
 
-def net_spec(vni: int = VNI, mtu: int = 1400, local: str | None = None) -> NetworkSpec:
+def net_spec(
+    vni: int = VNI, mtu: int = 1400, local: str | None = None, tuned: bool = False
+) -> NetworkSpec:
     return NetworkSpec(
         network_id=NET,
         vni=vni,
@@ -54,6 +56,7 @@ def net_spec(vni: int = VNI, mtu: int = 1400, local: str | None = None) -> Netwo
         vxlan_port=4789,
         bridge_addresses=(GW,),
         local_vtep=ipaddress.ip_address(local) if local else None,
+        tuned=tuned,
     )
 
 
@@ -111,6 +114,8 @@ def assert_complete(host: NetlinkHost, spec: NetworkSpec) -> None:
         assert data.get_attr("IFLA_VXLAN_L3MISS") == 0
         if spec.local_vtep is not None:
             assert data.get_attr("IFLA_VXLAN_LOCAL") == str(spec.local_vtep)
+        # Tuned: no outer UDP checksum (as Docker's overlay); otherwise the kernel's default.
+        assert data.get_attr("IFLA_VXLAN_UDP_CSUM") == (0 if spec.tuned else 1)
         leftovers = {str(m.get("ifname")) for m in ns.link("dump")} - {
             "lo",
             names.BRIDGE,
@@ -137,6 +142,31 @@ def test_network_layout(underlay_host: NetlinkHost) -> None:
     underlay_host.kernel.ensure_network(spec)
     assert_complete(underlay_host, spec)
     assert [p.name for p in underlay_host.netns_dir.iterdir()] == [names.netns(NET)]
+
+
+def bridge_nf(path: Path) -> dict[str, str]:
+    """The namespace's bridge-nf-call sysctls ({} without br_netfilter)."""
+
+    def read() -> dict[str, str]:
+        found = {}
+        for sysctl in Path("/proc/sys/net/bridge").glob("bridge-nf-call-*"):
+            found[sysctl.name] = sysctl.read_text().strip()
+        return found
+
+    return dict(nsfs.run_in(path, read))
+
+
+def test_tuned_network_has_no_bridge_netfilter_and_no_outer_checksum(host: NetlinkHost) -> None:
+    host.kernel.ensure_network(net_spec())
+    assert_complete(host, net_spec())
+    plain = bridge_nf(netns_of(host))
+    assert set(plain.values()) <= {"1"}  # the kernel's per-namespace default is left alone
+    host.kernel.ensure_network(net_spec(tuned=True))
+    assert_complete(host, net_spec(tuned=True))  # the device was made again without it
+    assert set(bridge_nf(netns_of(host)).values()) <= {"0"}
+    assert bridge_nf(netns_of(host)).keys() == plain.keys()
+    host.kernel.ensure_network(net_spec())  # back: the checksum returns
+    assert_complete(host, net_spec())
 
 
 def test_endpoint_layout(host: NetlinkHost) -> None:
@@ -510,7 +540,8 @@ def test_two_hosts_talk_across_vxlan(two_hosts: tuple[NetlinkHost, NetlinkHost])
     containers = []
     for h, vtep, eid, ip in sides:
         assert h.kernel.underlay_mtu(ipaddress.ip_address(vtep)) == 1500
-        h.kernel.ensure_network(net_spec(mtu=1450, local=vtep))
+        # One side tuned (no outer UDP checksum), one not: they interoperate.
+        h.kernel.ensure_network(net_spec(mtu=1450, local=vtep, tuned=h is a))
         h.kernel.ensure_endpoint(ep_spec(eid, ip=ip, mtu=1450))
         containers.append(h.join(eid, ipaddress.ip_interface(f"{ip}/24")))
     in_a, in_b = containers

@@ -42,6 +42,7 @@ TOOLS = {
     "ip": "tests/e2e, tests/lab, tests/kernel, tests/kernellab, bench",
     "bridge": "tests/lab/test_multihost.py, bench/scale.py",
     "ss": "bench/dataplane.py",
+    "perf": "bench/datapath_profile.py",
     "iptables": "tests/e2e/test_swarm.py",
     "nft": "the load balancer's kernel tests (driver/kernel/lb)",
     "ipvsadm": "the load balancer's kernel tests (driver/kernel/lb)",

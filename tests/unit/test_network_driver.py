@@ -111,6 +111,12 @@ def test_create_network_programs_the_kernel_with_vni_mtu_and_gateway(plugin: Plu
     assert spec.mtu == 1450  # underlay 1500 - 50
     assert [str(a) for a in spec.bridge_addresses] == ["10.10.0.1/24"]
     assert spec.vxlan_port == 4789
+    assert spec.tuned  # the data-path settings are the default
+
+
+def test_tuning_off_is_kept_with_the_network(plugin: Plugin) -> None:
+    plugin.ok("/NetworkDriver.CreateNetwork", create_body(**{"swarmnet.tuning": "off"}))
+    assert not plugin.kernel.networks[names.short(NET)].spec.tuned
 
 
 def test_mtu_option_is_honoured_and_validated(plugin: Plugin) -> None:

@@ -25,12 +25,21 @@ def test_encrypted_is_on_unless_said_off(value: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "tuning"), [(None, True), ("on", True), ("", True), ("off", False), (" No ", False)]
+)
+def test_tuning_is_on_unless_said_off(value: str | None, tuning: bool) -> None:
+    options = {} if value is None else {"swarmnet.tuning": value}
+    assert codec.network_options(options).tuning is tuning
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({MTU: "jumbo"}, f"{MTU}: 'jumbo' is not an integer"),
         ({MTU: "100"}, f"{MTU}: 100 is outside 576-65535"),
         ({"swarmnet.vni": "x1"}, "swarmnet.vni: 'x1' is not a VNI (an integer 1-16777215)"),
         ({"swarmnet.vni": "0"}, "swarmnet.vni: VNI 0 is outside 1-16777215"),
+        ({"swarmnet.tuning": "fast"}, "swarmnet.tuning: 'fast' is neither on nor off"),
     ],
 )
 def test_bad_options_name_the_option(options: dict[str, str], message: str) -> None:

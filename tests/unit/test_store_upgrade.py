@@ -117,3 +117,12 @@ def test_records_round_trip_with_a_version_and_refuse_a_newer_one() -> None:
     newer = {**json.loads(raw), "v": 2}
     with pytest.raises(CorruptRecord, match="newer than this version"):
         decode(NetworkRecord, json.dumps(newer).encode())
+
+
+def test_networks_stored_before_the_tuning_are_tuned_unless_encrypted() -> None:
+    state = LocalState(MemoryKV(), LAYOUT, DriverConfig())
+    plain = {"network_id": NET, "vni": 300, "mtu": 1450}  # no "tuned": an older writer
+    assert decode(NetworkRecord, json.dumps(plain).encode()).tuned
+    assert state.spec(decode(NetworkRecord, json.dumps(plain).encode())).tuned
+    sealed = json.dumps({**plain, "encrypted": True, "tuned": True}).encode()
+    assert not state.spec(decode(NetworkRecord, sealed)).tuned

@@ -36,6 +36,7 @@ from driver.kernel.netlink.links import (
     set_up,
 )
 from driver.kernel.netlink.peers import program_peer, read_peers
+from driver.kernel.netlink.tuning import bridge_netfilter_off, vxlan_options, vxlan_tuned
 from driver.kernel.port import KernelError, NetworkSpec, Peer
 
 
@@ -65,6 +66,9 @@ class Networks(Handles):
                 bridge = self._ensure_bridge(ns, spec)
                 self._bridges[short] = bridge
                 self._ensure_vxlan(ns, bridge, spec)
+            if spec.tuned:
+                with errors(f"network {short}: bridge netfilter off in {path}"):
+                    bridge_netfilter_off(path, short)
             undo.pop_all()
 
     def _ensure_bridge(self, ns: Handle, spec: NetworkSpec) -> int:
@@ -163,6 +167,7 @@ class Networks(Handles):
                         vxlan_l3miss=0,
                         mtu=spec.mtu,
                         **local,
+                        **vxlan_options(spec.tuned),
                     )
                 except NetlinkError as exc:
                     if exc.code == errno.EEXIST:
@@ -278,6 +283,7 @@ def vxlan_matches(link: Msg, spec: NetworkSpec) -> bool:
         and data.get_attr("IFLA_VXLAN_PROXY")
         and not data.get_attr("IFLA_VXLAN_L2MISS")
         and not data.get_attr("IFLA_VXLAN_L3MISS")
+        and vxlan_tuned(data) == spec.tuned
     )
 
 
@@ -294,6 +300,7 @@ def vxlan_spec(link: Msg, spec: NetworkSpec) -> NetworkSpec | None:
             vxlan_port=int(data.get_attr("IFLA_VXLAN_PORT")),
             mtu=int(link.get("mtu") or spec.mtu),
             local_vtep=None if local in (None, "0.0.0.0", "::") else ipaddress.ip_address(local),
+            tuned=vxlan_tuned(data),
         )
     except (TypeError, ValueError):
         return None
