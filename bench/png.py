@@ -1,5 +1,6 @@
 """A small RGB canvas written as PNG with zlib alone: bars, lines and a 3x5 pixel font, enough
-for the data-path bench's plot without adding matplotlib to the dependencies."""
+for the benches' plots (data path, control plane at scale) without adding matplotlib to the
+dependencies."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _FONT = {
     ".": "   |   |   |   | # ", "-": "   |   |###|   |   ", "/": "  #|  #| # |#  |#  ",
     "%": "# #|  #| # |#  |# #", "(": " # |#  |#  |#  | # ", ")": " # |  #|  #|  #| # ",
     ":": "   | # |   | # |   ", ",": "   |   |   | # |#  ", "=": "   |###|   |###|   ",
-    "+": "   | # |###| # |   ", " ": "   |   |   |   |   ",
+    "+": "   | # |###| # |   ", " ": "   |   |   |   |   ", ">": "#  | # |  #| # |#  ",
 }
 
 
@@ -46,6 +47,19 @@ class Canvas:
         xa, xb = max(xa, 0), min(xb, self.width - 1)
         for y in range(max(ya, 0), min(yb, self.height - 1) + 1):
             self.px[y][xa * 3 : (xb + 1) * 3] = bytes(color) * (xb - xa + 1)
+
+    def dot(self, x: int, y: int, color: RGB) -> None:
+        if 0 <= x < self.width and 0 <= y < self.height:
+            self.px[y][x * 3 : x * 3 + 3] = bytes(color)
+
+    def line(self, x0: int, y0: int, x1: int, y1: int, color: RGB, width: int = 1) -> None:
+        """Straight, ``width`` pixels thick, clipped to the canvas."""
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for step in range(steps + 1):
+            x = round(x0 + (x1 - x0) * step / steps)
+            y = round(y0 + (y1 - y0) * step / steps)
+            half = width // 2
+            self.rect(x - half, y - half, x - half + width - 1, y - half + width - 1, color)
 
     def text(self, x: int, y: int, s: str, color: RGB = (0, 0, 0), scale: int = 2) -> int:
         """Draw ``s`` with its top left at (x, y); returns the x after it."""

@@ -1,92 +1,16 @@
-"""A line chart as a PNG with nothing but zlib: lag (p50, p99, max) against nodes.
-
-matplotlib is not among the project's dependencies, and one chart does not justify it.
-Text uses a 3x5 pixel font of the few characters the chart needs.
-"""
+"""A line chart of lag (p50, p99, max) against nodes, drawn on bench.png's canvas (zlib
+only: matplotlib is not among the project's dependencies)."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-Color = tuple[int, int, int]
+from bench.png import RGB, Canvas
 
-FONT = {  # 3 columns x 5 rows, a row per string, "#" = ink
-    "0": ("###", "#.#", "#.#", "#.#", "###"), "1": (".#.", "##.", ".#.", ".#.", "###"),
-    "2": ("###", "..#", "###", "#..", "###"), "3": ("###", "..#", "###", "..#", "###"),
-    "4": ("#.#", "#.#", "###", "..#", "..#"), "5": ("###", "#..", "###", "..#", "###"),
-    "6": ("###", "#..", "###", "#.#", "###"), "7": ("###", "..#", ".#.", ".#.", ".#."),
-    "8": ("###", "#.#", "###", "#.#", "###"), "9": ("###", "#.#", "###", "..#", "###"),
-    ".": ("...", "...", "...", "...", ".#."), " ": ("...", "...", "...", "...", "..."),
-    "p": ("###", "#.#", "###", "#..", "#.."), "m": ("...", "###", "###", "#.#", "#.#"),
-    "a": ("...", "##.", "..#", "###", "###"), "x": ("...", "#.#", ".#.", ".#.", "#.#"),
-    "n": ("...", "##.", "#.#", "#.#", "#.#"), "o": ("...", "###", "#.#", "#.#", "###"),
-    "d": ("..#", "..#", "###", "#.#", "###"), "e": ("###", "#.#", "###", "#..", "###"),
-    "s": ("###", "#..", "###", "..#", "###"), "l": ("#..", "#..", "#..", "#..", "###"),
-    "g": ("###", "#.#", "###", "..#", "###"), "(": (".#.", "#..", "#..", "#..", ".#."),
-    ")": (".#.", "..#", "..#", "..#", ".#."), "-": ("...", "...", "###", "...", "..."),
-    ">": ("#..", ".#.", "..#", ".#.", "#.."), "j": ("..#", "...", "..#", "#.#", "###"),
-    "i": (".#.", "...", ".#.", ".#.", ".#."), "r": ("...", "###", "#..", "#..", "#.."),
-    "t": (".#.", "###", ".#.", ".#.", ".##"), "b": ("#..", "#..", "###", "#.#", "###"),
-    "v": ("...", "#.#", "#.#", "#.#", ".#."), "y": ("#.#", "#.#", "###", "..#", "###"),
-    "h": ("#..", "#..", "###", "#.#", "#.#"), "w": ("...", "#.#", "#.#", "###", "###"),
-    "u": ("...", "#.#", "#.#", "#.#", "###"), "c": ("...", "###", "#..", "#..", "###"),
-    "k": ("#..", "#.#", "##.", "#.#", "#.#"), "f": (".##", ".#.", "###", ".#.", ".#."),
-    "q": ("###", "#.#", "###", "..#", "..#"), "z": ("###", "..#", ".#.", "#..", "###"),
-    ",": ("...", "...", "...", ".#.", "#.."), "=": ("...", "###", "...", "###", "..."),
-}
-
-
-class Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.w, self.h = width, height
-        self.px = bytearray(b"\xff" * (width * height * 3))
-
-    def dot(self, x: int, y: int, c: Color) -> None:
-        if 0 <= x < self.w and 0 <= y < self.h:
-            i = (y * self.w + x) * 3
-            self.px[i : i + 3] = bytes(c)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, c: Color, width: int = 1) -> None:
-        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
-        for s in range(steps + 1):
-            x = round(x0 + (x1 - x0) * s / steps)
-            y = round(y0 + (y1 - y0) * s / steps)
-            for dx in range(width):
-                for dy in range(width):
-                    self.dot(x + dx - width // 2, y + dy - width // 2, c)
-
-    def text(self, x: int, y: int, s: str, c: Color = (0, 0, 0), scale: int = 2) -> None:
-        for ch in s.lower():
-            glyph = FONT.get(ch, FONT[" "])
-            for row, bits in enumerate(glyph):
-                for col, bit in enumerate(bits):
-                    if bit == "#":
-                        for dx in range(scale):
-                            for dy in range(scale):
-                                self.dot(x + col * scale + dx, y + row * scale + dy, c)
-            x += 4 * scale
-
-    def save(self, path: Path) -> None:
-        raw = b"".join(
-            b"\x00" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3]) for y in range(self.h)
-        )
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            body = kind + data
-            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-        header = struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                         + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-SERIES_COLORS: list[Color] = [(31, 119, 180), (214, 39, 40), (90, 90, 90)]
+SERIES_COLORS: list[RGB] = [(31, 119, 180), (214, 39, 40), (90, 90, 90)]
 
 
 def lag_chart(path: Path, nodes: Sequence[int], series: Mapping[str, Sequence[float | None]],
