@@ -54,7 +54,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic import GenericNetlinkSocket
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from driver.kernel import lb_ipvs, lb_nft, lb_state, nsfs
+from driver.kernel import lb_ipvs, lb_nft, lb_state, nsfs, procsys
 from driver.lb.model import (
     MARK_BASE,
     MARK_MASK,
@@ -187,12 +187,9 @@ class NetlinkLoadBalancer:
     def _sysctls(self, sandbox: Path) -> list[str]:
         changes = []
         for key, value in SYSCTLS:
-            path = Path("/proc/sys", *key.split("."))
             try:
-                if path.read_text().strip() == value:
-                    continue
-                path.write_text(value)
-                changes.append(f"{key}={value}")
+                if procsys.set_sysctl(key, value):
+                    changes.append(f"{key}={value}")
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 message = f"sandbox {sandbox}: cannot set sysctl {key}={value}: {reason}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,15 @@ def make_writable(path: str = "/proc/sys") -> str | None:
         return f"{path} is read-only and cannot be remounted: {os.strerror(code)}"
     log.info("%s remounted read-write in the plugin's mount namespace (IPVS sysctls)", path)
     return None
+
+
+def set_sysctl(key: str, value: str) -> bool:
+    """Set ``key`` (dotted, e.g. net.ipv4.vs.conntrack) in the calling thread's namespace,
+    reading it first and writing only when it differs, so a read-only /proc/sys that already
+    holds the value is fine. True when it wrote. Errors are the kernel's OSError (a missing
+    key is FileNotFoundError); each caller decides what a refusal means."""
+    path = Path("/proc/sys", *key.split("."))
+    if path.read_text().strip() == value:
+        return False
+    path.write_text(value)
+    return True

@@ -23,13 +23,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from driver.kernel import nsfs
+from driver.kernel import nsfs, procsys
 
 log = logging.getLogger(__name__)
 
 BRIDGE_NF = tuple(
-    Path("/proc/sys/net/bridge", f"bridge-nf-call-{family}")
-    for family in ("iptables", "ip6tables", "arptables")
+    f"net.bridge.bridge-nf-call-{family}" for family in ("iptables", "ip6tables", "arptables")
 )
 
 
@@ -53,16 +52,15 @@ def bridge_netfilter_off(netns: Path, short: str) -> None:
 
     def write() -> list[str]:
         refused = []
-        for path in BRIDGE_NF:
+        for key in BRIDGE_NF:
             try:
-                if path.read_text().strip() != "0":
-                    path.write_text("0")
+                procsys.set_sysctl(key, "0")
             except FileNotFoundError:
                 continue  # no br_netfilter in this kernel: nothing calls netfilter
             except OSError as exc:
                 if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise
-                refused.append(f"{path.name}: {exc.strerror}")
+                refused.append(f"{key.rsplit('.', 1)[1]}: {exc.strerror}")
         return refused
 
     refused = nsfs.run_in(netns, write)
