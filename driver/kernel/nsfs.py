@@ -1,12 +1,12 @@
-"""Network namespaces: bound under a directory of our choice, and entered on short threads.
+"""Network namespaces: bound under a directory of our choice, and entered per thread.
 
 ``ip netns`` and ``pyroute2.netns`` keep namespaces in /var/run/netns and fork a
 child for every operation. We keep ours under a directory given by the caller
-(/run/swarmnet/netns in the plugin, a temporary directory in tests) and use short
-threads instead of forks: ``unshare(CLONE_NEWNET)`` and ``setns`` change only the
-calling thread, so a throwaway thread can create a namespace or open a socket in
-one without touching the rest of the process. ``run_in`` is that thread, for
-every adapter here (netlink, xfrm, load balancing).
+(/run/swarmnet/netns in the plugin, a temporary directory in tests) and use threads
+instead of forks: ``unshare(CLONE_NEWNET)`` and ``setns`` change only the calling
+thread. ``run_in`` runs a body on a throwaway thread inside a namespace (creating
+one, IPVS and xfrm work, sysctls); ``socket_in``, on the hot path of every netlink
+handle, enters on the calling thread and comes straight back.
 """
 
 from __future__ import annotations
