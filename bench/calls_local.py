@@ -15,29 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
 from bench.common import stats
 from bench.plugin_calls import CALLS, run_level
+from testbed import proc
 from testbed.serve import Server, call, scratch_server
 
 NET = "b" * 25
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
 def level(srv: Server, concurrency: int, cycles: int) -> dict[str, float]:
     addresses = [f"10.31.0.{100 + i}/24" for i in range(concurrency)]
     worker = srv.worker()
-    before = cpu_seconds(worker)
+    before = proc.cpu_seconds(worker)
     latencies, wall = run_level(srv.socket, NET, addresses, concurrency, cycles)
-    used = cpu_seconds(worker) - before
+    used = proc.cpu_seconds(worker) - before
     every = [v for m in CALLS for v in latencies[m]]
     s = stats(every)
     return {"concurrency": concurrency, "calls": len(every), "calls_per_s": len(every) / wall,

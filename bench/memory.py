@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, LabError, Node, Row
+from testbed import proc
 
 
 def plugin_pids(node: Node, plugin_id: str) -> list[int]:
@@ -29,13 +30,6 @@ def plugin_pids(node: Node, plugin_id: str) -> list[int]:
     return sorted(pids)
 
 
-def _kb(path: Path, field: str) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def usage(node: Node, plugin: str) -> dict[str, Any]:
     plugin_id = node.plugin_id(plugin)
     procs = []
@@ -43,8 +37,9 @@ def usage(node: Node, plugin: str) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             procs.append({"pid": pid, "cmd": cmd.strip()[:120],
-                          "rss_mb": _kb(Path(f"/proc/{pid}/status"), "VmRSS") / 1024,
-                          "pss_mb": _kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") / 1024})
+                          "rss_mb": proc.rss_bytes(pid) / 2**20,
+                          "pss_mb": (proc.kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") or 0)
+                          / 1024})
     if not procs:
         raise LabError(f"no process of plugin {plugin} ({plugin_id[:12]}) on {node.netns}")
     return {"node": node.index, "plugin_id": plugin_id, "processes": procs,

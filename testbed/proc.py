@@ -79,10 +79,35 @@ def tail(path: Path, lines: int = 30) -> str:
 def pid_alive(pid: int) -> bool:
     """Running (a zombie counts as gone)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat_fields(pid)[0]
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses):
+    field 3 (state) is at index 0."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of ``pid`` so far (stat fields 14 and 15)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kib(path: Path, field: str) -> int | None:
+    """A ``Field:  N kB`` line of a /proc file (status, smaps_rollup), in KiB; None if absent."""
+    for line in path.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """VmRSS of ``pid``; 0 for a process without one (a kernel thread, a zombie)."""
+    return (kib(Path(f"/proc/{pid}/status"), "VmRSS") or 0) * 1024
 
 
 def cmdline(pid: int) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import percentile
+from testbed import proc
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -24,7 +25,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def vm_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    found = proc.kib(Path("/proc/self/status"), "VmRSS")
+    if found is None:
+        raise RuntimeError("no VmRSS in /proc/self/status")
+    return found

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.scale_sim import etcdstats
 from bench.scale_sim.hosts import HostProc, call_all
+from testbed import proc
 from testbed.etcdserver import EtcdServer
 from testbed.scalesim.node import LAYOUT, endpoint_id, tracked_ip
 
@@ -108,8 +109,8 @@ class Cluster:
         hosts = call_all(self.hosts, {"op": "stats"}, timeout)
         return Sample(
             wall=time.time(),
-            etcd_cpu=etcdstats.cpu_seconds(self.etcd_pid),
-            etcd_rss=etcdstats.rss_bytes(self.etcd_pid),
+            etcd_cpu=proc.cpu_seconds(self.etcd_pid),
+            etcd_rss=proc.rss_bytes(self.etcd_pid),
             metrics=etcdstats.scrape(self.etcd.url),
             hosts=hosts,
         )
@@ -153,19 +154,20 @@ class Cluster:
         return sum(r["complete"] for r in replies), sum(r["live"] for r in replies)
 
     def added(self, ips: list[str], timeout: float = 120.0) -> dict[str, tuple[int, float]]:
+        """Per IP: (live nodes that programmed it, the latest time one did)."""
+        return self._per_ip("added", ips, timeout)
+
+    def removed(self, ips: list[str], timeout: float = 120.0) -> dict[str, tuple[int, float]]:
+        """Per IP: (live nodes still holding it, the latest removal time seen)."""
+        return self._per_ip("removed", ips, timeout)
+
+    def _per_ip(self, op: str, ips: list[str], timeout: float) -> dict[str, tuple[int, float]]:
+        """Every host's (count, latest time) per IP, summed and maxed."""
         out: dict[str, tuple[int, float]] = {ip: (0, 0.0) for ip in ips}
-        for r in call_all(self.hosts, {"op": "added", "ips": ips}, timeout):
+        for r in call_all(self.hosts, {"op": op, "ips": ips}, timeout):
             for ip, (count, latest) in r["ips"].items():
                 c, t = out[ip]
                 out[ip] = (c + int(count), max(t, float(latest)))
-        return out
-
-    def removed(self, ips: list[str], timeout: float = 120.0) -> dict[str, tuple[int, float]]:
-        out: dict[str, tuple[int, float]] = {ip: (0, 0.0) for ip in ips}
-        for r in call_all(self.hosts, {"op": "removed", "ips": ips}, timeout):
-            for ip, (held, latest) in r["ips"].items():
-                c, t = out[ip]
-                out[ip] = (c + int(held), max(t, float(latest)))
         return out
 
 

@@ -1,29 +1,12 @@
-"""etcd's side of a run: its CPU and RSS from /proc, its counters from /metrics."""
+"""etcd's side of a run: its counters from /metrics (its CPU and RSS: testbed.proc)."""
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.request
 from dataclasses import dataclass
 
-TICK = os.sysconf("SC_CLK_TCK")
 _LINE = re.compile(r'^(\w+)(?:\{([^}]*)\})? ([0-9.eE+-]+)$')
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plugin.controlplane import keeper
+from testbed import proc
 from testbed.scalesim.node import SimNode, bootstrap_ip, endpoint_id
 
 Reply = dict[str, Any]
@@ -36,14 +37,6 @@ def raise_fd_limit() -> int:
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Host:
@@ -73,9 +66,9 @@ class Host:
         max_rss = int(cmd.get("max_rss", 0))
         started: list[SimNode] = []
         for node in self.nodes.values():
-            if max_rss and rss_bytes() > max_rss:
+            if max_rss and proc.rss_bytes() > max_rss:
                 # Past this the machine (shared) would swap or kill something: stop here.
-                raise MemoryError(f"RSS {rss_bytes() >> 20} MiB over the {max_rss >> 20} MiB "
+                raise MemoryError(f"RSS {proc.rss_bytes() >> 20} MiB over the {max_rss >> 20} MiB "
                                   f"limit after {len(started)} watchers")
             node.control.start_watching()
             started.append(node)
@@ -147,7 +140,7 @@ class Host:
                     acc[k] += row[k]
         return {
             "cpu": process_cpu(),
-            "rss": rss_bytes(),
+            "rss": proc.rss_bytes(),
             "threads": threading.active_count(),
             "events": sum(n.counted.events for n in self.nodes.values()),
             "traffic": traffic,
