@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from core.errors import BadRequest
 from core.iptypes import IPAddress, IPInterface, IPNetwork
+from core.switch import OFF, switch
 from driver import mac as macs
 from driver import names
 from driver.messages import (
@@ -285,16 +286,15 @@ def _encrypted(options: Mapping[str, str]) -> bool:
     if OPT_ENCRYPTED not in options:
         return False
     # `--opt encrypted` arrives with an empty value; anything but an explicit "false" means yes.
-    return options[OPT_ENCRYPTED].strip().lower() not in ("false", "0", "no", "off")
+    return options[OPT_ENCRYPTED].strip().lower() not in OFF
 
 
 def _tuning(options: Mapping[str, str]) -> bool:
-    value = options.get(OPT_TUNING, "on").strip().lower()
-    if value in ("on", "true", "1", "yes", ""):
-        return True
-    if value in ("off", "false", "0", "no"):
-        return False
-    raise BadRequest(f"{OPT_TUNING}: {names.cut(value)} is neither on nor off")
+    raw = options.get(OPT_TUNING, "")
+    value = switch(raw, True)
+    if value is None:
+        raise BadRequest(f"{OPT_TUNING}: {names.cut(raw.strip().lower())} is neither on nor off")
+    return value
 
 
 def network_options(options: Mapping[str, str]) -> NetworkOptions:

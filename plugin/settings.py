@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.iptypes import IPAddress
+from core.switch import switch
 from driver.config import (
     DEFAULT_VNI_RANGE,
     ENCRYPTED_VXLAN_PORT,
@@ -132,14 +133,10 @@ def _vtep(name: str, raw: str) -> IPAddress | None:
 
 
 def _switch(name: str, raw: str, default: bool) -> bool:
-    text = raw.strip().lower()
-    if not text:
-        return default
-    if text in ("on", "true", "1", "yes"):
-        return True
-    if text in ("off", "false", "0", "no"):
-        return False
-    raise SettingsError(f"{name}={raw!r}: must be on or off")
+    value = switch(raw, default)
+    if value is None:
+        raise SettingsError(f"{name}={raw!r}: must be on or off")
+    return value
 
 
 def _docker_host(raw: str) -> str:
