@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.proc import stop as stop_process
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
@@ -33,13 +35,7 @@ class EtcdServer:
     extra_args: tuple[str, ...] = ()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
     def start(self) -> None:
         """Start again on the same ports and data (after stop(), for outage tests)."""

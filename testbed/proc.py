@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 NETNS_DIR = Path("/run/netns")
 
@@ -83,6 +84,18 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL; nothing if it has exited already."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def _stat_fields(pid: int | str) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from testbed.proc import stop as stop_process
 from testbed.registry import BIN as REGISTRY_BIN
 from testbed.registry import write_config as registry_config
 from tests.e2e.capture import capture
@@ -181,12 +182,7 @@ def registry(local_host: DockerHost) -> Iterator[str]:
         )
         yield REGISTRY
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_push_to_registry_then_install_from_it(local_host: DockerHost, registry: str) -> None:

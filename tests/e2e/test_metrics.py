@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from testbed import proc
 from tests.e2e.conftest import install, teardown
 from tests.e2e.dockerhost import NETNS_DIR, PLUGIN_NAME, DockerHost, HostError, wait_for
 from tests.e2e.workload import assert_all_ping, create_network, run_box
@@ -107,14 +108,8 @@ class Prometheus:
         return float(result[0]["value"][1])
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            proc.stop(self.proc, grace=30)
 
 
 @pytest.fixture(scope="module")
