@@ -94,16 +94,15 @@ def _etcd(settings: Settings, local: KV, layout: StoreLayout) -> tuple[KV, Contr
     from plugin.controlplane import STOPPED_TTL, EtcdControlPlane
     from plugin.store.etcd import EtcdKV, EtcdTLS
 
-    kv = EtcdKV(
-        settings.etcd_endpoints,
-        EtcdTLS(ca=settings.etcd_ca, cert=settings.etcd_cert, key=settings.etcd_key),
-    )
+    tls = EtcdTLS(ca=settings.etcd_ca, cert=settings.etcd_cert, key=settings.etcd_key)
+    kv = EtcdKV(settings.etcd_endpoints, tls)
     control = EtcdControlPlane(
         kv,
         ttl=settings.peer_ttl,
         node=_node_id(local, layout),
         layout=layout,
         stopped_ttl=STOPPED_TTL,
+        watch_kv=EtcdKV(settings.peer_relays, tls) if settings.peer_relays else None,
     )
     return kv, control
 

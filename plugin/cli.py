@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.layout import StoreLayout
 from plugin import settings as settings_mod
 from plugin.settings import Settings, SettingsError
 from plugin.unixhttp import UnixHTTPConnection
@@ -53,6 +54,34 @@ def _serve(settings: Settings) -> int:
         access=settings.log_level == "debug",
         log_level=settings.log_level,
     )
+
+
+def _relay(settings: Settings, listen: str, cert: str, key: str, client_ca: str) -> int:
+    import asyncio
+
+    from plugin import relay
+    from plugin.app import STORE_ROOT
+    from plugin.store.etcd import EtcdKV, EtcdTLS
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"--listen: {listen[:100]!r} is not HOST:PORT")
+    if not settings.etcd_endpoints:
+        raise SettingsError("ETCD_ENDPOINTS: the relay needs the etcd it relays")
+    if bool(cert) != bool(key) or (client_ca and not cert):
+        raise SettingsError("--cert, --key: TLS needs both (and --client-ca needs them)")
+    _setup_logging(settings.log_level)
+    try:
+        tls = relay.tls_context(cert, key, client_ca) if cert else None
+    except (OSError, ValueError) as e:
+        raise SettingsError(f"--cert, --key, --client-ca: {str(e)[:200]}") from None
+    kv = EtcdKV(
+        settings.etcd_endpoints,
+        EtcdTLS(ca=settings.etcd_ca, cert=settings.etcd_cert, key=settings.etcd_key),
+    )
+    peers = StoreLayout(STORE_ROOT).peers
+    asyncio.run(relay.run(kv, peers, host.strip("[]") or "0.0.0.0", int(port), tls))
+    return 0
 
 
 def _load(settings: Settings) -> Loaded:
@@ -224,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = sub.add_parser("status", help="networks, endpoints and peers of a running plugin")
     status.add_argument("--socket", type=Path, help="the plugin's socket (default SOCKET)")
+    relay = sub.add_parser(
+        "relay",
+        help="one etcd watch fanned out to many nodes (nodes set PEER_RELAYS); etcd from "
+        "ETCD_ENDPOINTS, ETCD_CA, ETCD_CERT, ETCD_KEY",
+    )
+    relay.add_argument("--listen", default="0.0.0.0:2381", help="HOST:PORT (default %(default)s)")
+    relay.add_argument("--cert", default="", help="serve TLS with this certificate (PEM)")
+    relay.add_argument("--key", default="", help="the certificate's private key (PEM)")
+    relay.add_argument("--client-ca", default="", help="require node certificates signed by it")
     args = parser.parse_args(argv)
     if args.command == "status":
         return _status(args.socket or Path(os.environ.get("SOCKET") or settings_mod.DEFAULT_SOCKET))
@@ -234,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = settings_mod.from_env(os.environ)
+        if args.command == "relay":
+            return _relay(settings, args.listen, args.cert, args.key, args.client_ca)
         if args.command == "serve":
             settings = dataclasses.replace(
                 settings,

@@ -50,6 +50,8 @@ class Settings:
     etcd_ca: str = ""
     etcd_cert: str = ""
     etcd_key: str = ""
+    # Watch relays (``swarmnet relay``) to follow peers through; () = watch etcd itself.
+    peer_relays: tuple[str, ...] = ()
     peer_ttl: int = 15
     load_balancing: bool = True
     docker_host: str = DEFAULT_DOCKER_HOST
@@ -183,7 +185,17 @@ def _metrics_addr(raw: str) -> tuple[str, int] | None:
     return host, int(port_s)
 
 
-def _check_etcd_tls(env: Mapping[str, str], endpoints: tuple[str, ...]) -> None:
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    urls = tuple(e.strip() for e in env.get(name, "").split(",") if e.strip())
+    for e in urls:
+        if not e.startswith(("http://", "https://")):
+            raise SettingsError(f"{name}: {e[:100]!r} must start with http:// or https://")
+    return urls
+
+
+def _check_etcd_tls(
+    env: Mapping[str, str], endpoints: tuple[str, ...], setting: str = "ETCD_ENDPOINTS"
+) -> None:
     """TLS settings that would fail open (plain HTTP, no client certificate) stop the start.
 
     IPsec keys and peer records cross the etcd connection: an http:// endpoint
@@ -193,12 +205,12 @@ def _check_etcd_tls(env: Mapping[str, str], endpoints: tuple[str, ...]) -> None:
     if not (ca or cert or key):
         return
     given = ", ".join(n for n, v in (("ETCD_CA", ca), ("ETCD_CERT", cert), ("ETCD_KEY", key)) if v)
-    if not endpoints:
+    if not endpoints and setting == "ETCD_ENDPOINTS":
         raise SettingsError(f"{given}: set, but ETCD_ENDPOINTS is empty (no etcd to use them with)")
     plain = [e for e in endpoints if not e.startswith("https://")]
     if plain:
         raise SettingsError(
-            f"ETCD_ENDPOINTS: {plain[0][:100]!r} is plain http:// but {given} is set; "
+            f"{setting}: {plain[0][:100]!r} is plain http:// but {given} is set; "
             "use https:// so that keys and peer records are not sent in clear"
         )
     if bool(cert) != bool(key):
@@ -242,13 +254,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         data_path_addr=_vtep("DATA_PATH_ADDR", env.get("DATA_PATH_ADDR", "")),
         encryption=encryption,
     )
-    endpoints = tuple(e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip())
-    for e in endpoints:
-        if not e.startswith(("http://", "https://")):
-            raise SettingsError(
-                f"ETCD_ENDPOINTS: {e[:100]!r} must start with http:// or https://"
-            )
+    endpoints = _urls(env, "ETCD_ENDPOINTS")
+    relays = _urls(env, "PEER_RELAYS")
+    if relays and not endpoints:
+        raise SettingsError("PEER_RELAYS: set, but ETCD_ENDPOINTS is empty (relays serve an etcd)")
     _check_etcd_tls(env, endpoints)
+    _check_etcd_tls(env, relays, "PEER_RELAYS")
     return Settings(
         socket=Path(env.get("SOCKET", "") or DEFAULT_SOCKET),
         state_dir=Path(env.get("STATE_DIR", "") or DEFAULT_STATE_DIR),
@@ -262,6 +273,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         etcd_ca=env.get("ETCD_CA", "").strip(),
         etcd_cert=env.get("ETCD_CERT", "").strip(),
         etcd_key=env.get("ETCD_KEY", "").strip(),
+        peer_relays=relays,
         peer_ttl=_int(env, "PEER_TTL", 15, 3, 3600),
         load_balancing=_switch("LOAD_BALANCING", env.get("LOAD_BALANCING", ""), True),
         docker_host=_docker_host(env.get("DOCKER_HOST", "")),

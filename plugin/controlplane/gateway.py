@@ -1,12 +1,16 @@
-"""The calls to etcd's v3 JSON gateway that ``EtcdKV`` does not offer: leases, and
-transactions written in batches."""
+"""The calls to etcd's v3 JSON gateway that ``EtcdKV`` does not offer: leases,
+transactions written in batches, and listing and watching a prefix (the watcher's and the
+relay's)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+import socket
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from plugin.store.etcd import EtcdKV, b64
+from plugin.store.etcd import EtcdKV, b64, prefix_end
 
 TXN_BATCH = 64  # operations per etcd transaction (etcd's default limit is 128)
 
@@ -54,3 +58,78 @@ def commit(
         if compare and not result.get("succeeded"):
             return False
     return True
+
+
+@contextlib.contextmanager
+def transport_errors() -> Iterator[None]:
+    """A raw ``requests`` call in ``EtcdKV.call``: its failures as etcd3gw's, so that
+    ``call`` moves on to the next endpoint as it does for the client's own calls."""
+    import requests
+    from etcd3gw import exceptions
+
+    try:
+        yield
+    except requests.exceptions.Timeout as e:
+        raise exceptions.ConnectionTimeoutError(str(e)) from e
+    except requests.exceptions.ConnectionError as e:
+        raise exceptions.ConnectionFailedError(str(e)) from e
+
+
+class WatchStream:
+    """One watch on ``[prefix, prefix_end)`` from ``start_revision``, through the gateway.
+
+    Iterating yields each watch response's ``result`` with the raw line it came in (the
+    relay forwards the line as it is). It raises on an error or a cancel (a compacted
+    revision): the caller lists again. ``shut`` cuts it from another thread.
+    """
+
+    def __init__(self, kv: EtcdKV, prefix: str, start_revision: int) -> None:
+        self._request = {
+            "create_request": {
+                "key": b64(prefix),
+                "range_end": b64(prefix_end(prefix)),
+                "start_revision": start_revision,
+            }
+        }
+        self._kv = kv
+        self._resp: Any = None
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
+        def open_stream(c: Any) -> Any:
+            with transport_errors():
+                return c.session.post(
+                    c.get_url("/watch"), json=self._request, stream=True, timeout=(5, None)
+                )
+
+        self._resp = resp = self._kv.call(open_stream)
+        try:
+            if resp.status_code != 200:
+                raise RuntimeError(f"watch refused: HTTP {resp.status_code} {resp.text[:200]}")
+            for line in resp.iter_lines():
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                if "error" in chunk:
+                    raise RuntimeError(f"watch failed: {chunk['error']}")
+                result = chunk.get("result", {})
+                if result.get("canceled") or result.get("compact_revision"):
+                    raise RuntimeError("watch cancelled (compacted?)")
+                yield result, line
+        finally:
+            self._resp = None
+            resp.close()
+
+    def shut(self) -> None:
+        """Closing a requests response while a thread reads it blocks on the reader's lock,
+        so shut the socket down instead: the reader then sees end-of-stream."""
+        resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+
+
+def list_prefix(kv: EtcdKV, prefix: str) -> dict[str, Any]:
+    """The gateway's answer to a range over the whole prefix (``kvs``, ``header``)."""
+    payload = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+    result: dict[str, Any] = kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
+    return result

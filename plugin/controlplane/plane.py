@@ -27,9 +27,18 @@ log = logging.getLogger(__name__)
 
 class EtcdControlPlane:
     def __init__(
-        self, kv: EtcdKV, ttl: int, node: str, layout: StoreLayout, stopped_ttl: int | None = None
+        self,
+        kv: EtcdKV,
+        ttl: int,
+        node: str,
+        layout: StoreLayout,
+        stopped_ttl: int | None = None,
+        watch_kv: EtcdKV | None = None,
     ) -> None:
+        """``watch_kv``: where the watcher follows the peers prefix (watch relays,
+        ``plugin/relay``); etcd itself by default. Writes and the lease always go to etcd."""
         self.kv = kv
+        self.watch_kv = watch_kv or kv
         self.keys = layout
         self.ttl = ttl
         self.node = node
@@ -37,7 +46,7 @@ class EtcdControlPlane:
         self.stopped_ttl = None if stopped_ttl is None else max(stopped_ttl, ttl)
         self._stop = threading.Event()
         self._outbox = Outbox()
-        self._watcher = PeerWatcher(kv, layout, self._stop)
+        self._watcher = PeerWatcher(self.watch_kv, layout, self._stop)
         self._keeper = Keeper(kv, layout, node, ttl, self._outbox, self._watcher, self._stop)
         self.connected = self._keeper.connected
         self._threads: list[threading.Thread] = []
@@ -98,7 +107,10 @@ class EtcdControlPlane:
 
     def describe(self) -> str:
         state = "connected" if self.connected.is_set() else "NOT connected"
-        return f"etcd {','.join(self.kv.endpoints)} ({state}, lease TTL {self.ttl}s)"
+        via = ""
+        if self.watch_kv is not self.kv:
+            via = f", peers through relays {','.join(self.watch_kv.endpoints)}"
+        return f"etcd {','.join(self.kv.endpoints)} ({state}, lease TTL {self.ttl}s{via})"
 
     def close(self) -> None:
         if self.connected.is_set():

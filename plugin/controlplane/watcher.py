@@ -15,10 +15,7 @@ changes, never in the middle, so a stale snapshot cannot undo a newer change.
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
 import logging
-import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +24,8 @@ from core.layout import StoreLayout
 from driver import names
 from driver.events import NO_EVENTS, ControlPlaneEvents
 from driver.peers import OnChanges, OnSnapshot, PeerRecord
-from plugin.store.etcd import EtcdKV, b64, prefix_end
+from plugin.controlplane import gateway
+from plugin.store.etcd import EtcdKV
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class PeerWatcher:
         # etcd down at start, keep them wiped until it is back).
         self._listed = False
         self._watched: set[str] = set()
-        self._stream: Any = None
+        self._stream: gateway.WatchStream | None = None
         self._deliveries = threading.RLock()
         self.on_snapshot: OnSnapshot | None = None
         self.on_changes: OnChanges | None = None
@@ -73,16 +71,10 @@ class PeerWatcher:
             self._deliver(nid, recheck=True)
 
     def close_stream(self) -> None:
-        """Cut the watch stream from another thread.
-
-        Closing a requests response while a thread reads it blocks on the
-        reader's lock, so shut the socket down instead: the reader then sees
-        end-of-stream and closes the response itself.
-        """
+        """Cut the watch stream from another thread (the stop)."""
         stream = self._stream
         if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+            stream.shut()
 
     def run(self) -> None:
         backoff = 0.2
@@ -131,8 +123,7 @@ class PeerWatcher:
         self._deliver(network_id)
 
     def _list(self) -> int:
-        payload = {"key": b64(self.keys.peers), "range_end": b64(prefix_end(self.keys.peers))}
-        result = self.kv.call(lambda c: c.post(c.get_url("/kv/range"), json=payload))
+        result = gateway.list_prefix(self.kv, self.keys.peers)
         state: dict[str, dict[str, PeerRecord]] = {}
         for kv in result.get("kvs", []):
             rec = self._decode(kv)
@@ -184,32 +175,11 @@ class PeerWatcher:
                 self._deliver_changes(nid, changed)
 
     def _follow(self, revision: int) -> None:
-        request = {
-            "create_request": {
-                "key": b64(self.keys.peers),
-                "range_end": b64(prefix_end(self.keys.peers)),
-                "start_revision": revision + 1,
-            }
-        }
-
-        def open_stream(c: Any) -> Any:
-            return c.session.post(c.get_url("/watch"), json=request, stream=True, timeout=(5, None))
-
-        resp = self.kv.call(open_stream)
-        self._stream = resp
+        self._stream = gateway.WatchStream(self.kv, self.keys.peers, revision + 1)
         try:
-            for line in resp.iter_lines():
+            for result, _ in self._stream:
                 if self._stop.is_set():
                     return
-                if not line.strip():
-                    continue
-                chunk = json.loads(line)
-                result = chunk.get("result", {})
-                if "error" in chunk:
-                    raise RuntimeError(f"watch failed: {chunk['error']}")
-                if result.get("canceled") or result.get("compact_revision"):
-                    raise RuntimeError("watch cancelled by etcd (compacted?)")
                 self._apply(result.get("events", []))
         finally:
             self._stream = None
-            resp.close()

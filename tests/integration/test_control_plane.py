@@ -51,10 +51,14 @@ class Node:
         return self.plugin.kernel.peers(NET)
 
 
-def make_node(etcd: EtcdServer, vtep: str, ttl: int = TTL) -> Node:
+def make_node(
+    etcd: EtcdServer, vtep: str, ttl: int = TTL, relays: tuple[str, ...] = ()
+) -> Node:
+    """``relays``: follow the peers through these watch relays instead of etcd."""
     kv = EtcdKV([etcd.url])
     local = MemoryKV()
-    control = EtcdControlPlane(kv, ttl=ttl, node=vtep, layout=LAYOUT)
+    watch_kv = EtcdKV(relays, timeout=2) if relays else None
+    control = EtcdControlPlane(kv, ttl=ttl, node=vtep, layout=LAYOUT, watch_kv=watch_kv)
     kernel = FakeKernel()
     app = create_app(
         from_env({"PEER_TTL": str(ttl)}), kernel=kernel, local=local, shared=kv, control=control

@@ -26,12 +26,15 @@ def test_the_manifest_defaults_are_the_code_defaults() -> None:
 
 def test_every_setting_the_code_reads_is_settable_in_the_manifest() -> None:
     source = Path(settings_mod.__file__).read_text()
-    # Settings are read as env.get("NAME", ...) or _int(env, "NAME", ...).
+    # Settings are read as env.get("NAME", ...), _int(env, "NAME", ...) or _urls(env, "NAME").
     read = {
         a or b
-        for a, b in re.findall(r'env\.get\(\s*"([A-Z0-9_]+)"|_int\(env, "([A-Z0-9_]+)"', source)
+        for a, b in re.findall(
+            r'env\.get\(\s*"([A-Z0-9_]+)"|_(?:int|urls)\(env, "([A-Z0-9_]+)"', source
+        )
     }
-    assert {"SCOPE", "VXLAN_PORT", "ETCD_ENDPOINTS"} <= read  # the pattern still finds them
+    # the pattern still finds them
+    assert {"SCOPE", "VXLAN_PORT", "ETCD_ENDPOINTS", "PEER_RELAYS"} <= read
     settable = {e["name"] for e in CONFIG["env"] if "value" in e.get("settable", [])}
     internal = {"SOCKET", "STATE_DIR", "RUN_DIR"}  # fixed by the mounts and the socket
     assert read - internal <= settable, read - internal - settable
