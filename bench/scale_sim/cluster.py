@@ -18,6 +18,7 @@ from bench.scale_sim import etcdstats
 from bench.scale_sim.hosts import HostProc, call_all
 from testbed import proc
 from testbed.etcdserver import EtcdServer
+from testbed.relay import RelayServer
 from testbed.scalesim.node import LAYOUT, endpoint_id, tracked_ip
 
 
@@ -28,6 +29,8 @@ class Sample:
     etcd_rss: int
     metrics: etcdstats.Metrics
     hosts: list[dict[str, Any]]
+    relay_cpu: float = 0.0  # all relays together
+    relay_rss: int = 0
 
     @property
     def host_cpu(self) -> float:
@@ -63,6 +66,9 @@ def between(a: Sample, b: Sample, nodes: int) -> dict[str, Any]:
             m: (b.metrics.by_method.get(m, 0) - a.metrics.by_method.get(m, 0)) / dt
             for m in sorted(methods)
         },
+        "relay_cores": (b.relay_cpu - a.relay_cpu) / dt,
+        "relay_rss_mib": b.relay_rss / 2**20,
+        "etcd_watchers": b.metrics.watchers,
         "sim_cores": host_cpu / dt,
         "sim_rss_mib": sum(h["rss"] for h in b.hosts) / 2**20,
         "sim_threads": sum(h["threads"] for h in b.hosts),
@@ -95,6 +101,7 @@ class Cluster:
     networks: int
     eps_per_node: int
     rng: random.Random
+    relays: list[RelayServer] = field(default_factory=list)  # what nodes watch, if any
     endpoints: dict[str, Endpoint] = field(default_factory=dict)  # eid -> endpoint
     dead: set[int] = field(default_factory=set)
     _next_tracked: int = 0
@@ -113,7 +120,16 @@ class Cluster:
             etcd_rss=proc.rss_bytes(self.etcd_pid),
             metrics=etcdstats.scrape(self.etcd.url),
             hosts=hosts,
+            relay_cpu=sum(proc.cpu_seconds(r.process.pid) for r in self.relays),
+            relay_rss=sum(proc.rss_bytes(r.process.pid) for r in self.relays),
         )
+
+    def relays_of(self, node: int) -> list[str]:
+        """The relays node ``node`` follows, in its order: spread evenly, each with the
+        others as its fallbacks."""
+        urls = [r.url for r in self.relays]
+        k = node % len(urls) if urls else 0
+        return urls[k:] + urls[:k]
 
     def peer_keys(self) -> int:
         """How many peer records etcd holds now (a count-only range)."""

@@ -44,7 +44,8 @@ def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0,
     """Every node publishes its endpoints; then every node starts watching (one list each)."""
     t0 = time.monotonic()
     build = [h.send({"op": "build", "url": c.etcd.url, "indices": c.indices(h), "ttl": ttl,
-                     "networks": c.networks, "eps": c.eps_per_node, "resync": resync})
+                     "networks": c.networks, "eps": c.eps_per_node, "resync": resync,
+                     "relays": {i: c.relays_of(i) for i in c.indices(h)} if c.relays else {}})
              for h in c.hosts]
     for p in build:
         p.wait(timeout)

@@ -41,7 +41,7 @@ def table(size: dict[str, Any]) -> str:
                      f" keep-alives {idle['keepalive_requests_per_s']:.1f} req/s "
                      f"{idle['keepalive_bytes_per_s'] / 1024:.1f} KiB/s "
                      f"({idle['keepalive_bytes_per_node_per_s']:.0f} B/s per node); "
-                     f"sim {idle['sim_cores']:.2f} cores")
+                     f"sim {idle['sim_cores']:.2f} cores" + _relays(idle))
     if "probes" in size:
         lines.append(f"probe joins (quiet): {lag_line(size['probes'])}")
     ch = size.get("churn")
@@ -53,7 +53,7 @@ def table(size: dict[str, Any]) -> str:
                      f"RSS {u['etcd_rss_mib']:.0f} MiB, db {u['etcd_db_mib']:.1f} MiB; "
                      f"sim {u['sim_cores']:.2f} cores, {u['node_events_per_s']:.0f} node-events/s, "
                      f"client CPU {_f(u['client_cpu_us_per_node_event'], '.0f')} us per node "
-                     f"per event")
+                     f"per event" + _relays(u))
     loss = size.get("loss")
     if loss:
         lines.append(f"loss of {loss['killed']} nodes ({loss['entries']} endpoints): etcd dropped "
@@ -61,6 +61,15 @@ def table(size: dict[str, Any]) -> str:
                      f"{loss['removed_everywhere_s']:.1f}s"
                      + ("" if loss["all_gone"] else f" (NOT all gone: {loss['held_still']} left)"))
     return "\n".join(lines)
+
+
+def _relays(usage: dict[str, Any]) -> str:
+    """The relays' share, when the nodes watched through relays; etcd's watcher count."""
+    text = f"; etcd watchers {usage.get('etcd_watchers', 0):.0f}"
+    if usage.get("relay_rss_mib"):
+        text += (f"; relays {usage['relay_cores']:.2f} cores, "
+                 f"RSS {usage['relay_rss_mib']:.0f} MiB")
+    return text
 
 
 def tables(result: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from bench.scale_sim import phases, report
 from bench.scale_sim.cluster import Cluster
 from bench.scale_sim.hosts import HostProc
 from testbed.etcdserver import etcd_server
+from testbed.relay import relay_server
 
 BUILD = Path("build/bench")
 
@@ -46,6 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="bound on the wait for churn joins to reach every node (s)")
     p.add_argument("--max-rss-gib", type=float, default=12.0,
                    help="stop a size whose simulator processes grow past this, in all")
+    p.add_argument("--relays", type=int, default=0,
+                   help="watch relays (swarmnet relay) the nodes follow the peers through; "
+                        "0: every node watches etcd (default)")
     p.add_argument("--resync", type=float,
                    help="the keeper's full-diff interval in s (the plugin's 30 s if not given)")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
@@ -82,9 +86,14 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
     that fails part-way keeps what it measured)."""
     rng = random.Random(args.seed + nodes)
     # quota: the default 2 GiB is ample; the data dir sits under build/, removed afterwards.
-    with etcd_server(parent=run_dir) as etcd, hosts(args.procs, run_dir) as procs:
+    with contextlib.ExitStack() as stack:
+        etcd = stack.enter_context(etcd_server(parent=run_dir))
+        relays = [stack.enter_context(relay_server(etcd.url, run_dir))
+                  for _ in range(args.relays)]
+        procs = stack.enter_context(hosts(args.procs, run_dir))
         assert etcd.process.pid
-        c = Cluster(etcd, etcd.process.pid, procs, nodes, args.networks, args.eps, rng)
+        c = Cluster(etcd, etcd.process.pid, procs, nodes, args.networks, args.eps, rng,
+                    relays=relays)
         out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget,
                                             int(args.max_rss_gib * 2**30 / args.procs),
                                             args.resync)

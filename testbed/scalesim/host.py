@@ -50,8 +50,9 @@ class Host:
             # The keeper's periodic full diff against the kernel: O(a node's peers) every
             # 30 s per node. Real nodes can afford it; N simulated ones on 2 cores cannot.
             keeper.RESYNC_INTERVAL = float(cmd["resync"])
+        relays = cmd.get("relays") or {}
         for i in cmd["indices"]:
-            node = SimNode(i, url, ttl, nets)
+            node = SimNode(i, url, ttl, nets, relays.get(str(i), ()))
             self.nodes[i] = node
             for j in range(eps):
                 # Spread evenly: endpoint j of node i in network j % nets.

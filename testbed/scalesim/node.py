@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -179,14 +179,22 @@ class SplitControlPlane(EtcdControlPlane):
 
 
 class SimNode:
-    def __init__(self, index: int, etcd_url: str, ttl: int, networks: int) -> None:
+    def __init__(
+        self, index: int, etcd_url: str, ttl: int, networks: int, relays: Sequence[str] = ()
+    ) -> None:
+        """``relays``: follow the peers through these watch relays (in this order)."""
         self.index = index
         self.vtep = vtep_of(index)
         self.kernel = RecordingKernel()
         self.traffic = Traffic()
         self.counted = EventCount()
         kv = EtcdKV([etcd_url], client_factory=counting_client(self.traffic))
-        self.control = SplitControlPlane(kv, ttl=ttl, node=f"sim-{index}", layout=LAYOUT)
+        watch_kv = (
+            EtcdKV(relays, client_factory=counting_client(self.traffic)) if relays else None
+        )
+        self.control = SplitControlPlane(
+            kv, ttl=ttl, node=f"sim-{index}", layout=LAYOUT, watch_kv=watch_kv
+        )
         self.control.events = self.counted
         self.service = NetworkDriverService(
             DriverConfig(mtu=1500), self.kernel, MemoryKV(), MemoryKV(), self.control,

@@ -54,11 +54,14 @@ def test_a_join_reaches_every_other_node_and_a_killed_node_leaves(nodes: list[Si
     assert all(n.kernel.holds(ip) for n in nodes[1:3])  # the live node's endpoint stays
 
 
-def test_a_tiny_bench_run_measures_joins_churn_and_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relays", [0, 2])
+def test_a_tiny_bench_run_measures_joins_churn_and_loss(tmp_path: Path, relays: int) -> None:
+    """With ``--relays``, the nodes follow the peers through relays: etcd serves one watch per
+    relay instead of one per node, and the relays' CPU is measured."""
     out = tmp_path / "scale_sim.json"
     scale_sim(["--sizes", "4", "--ttl", str(TTL), "--probes", "3", "--idle-seconds", "1",
                "--churn-rate", "10", "--churn-seconds", "2", "--settle", "20", "--budget", "60",
-               "--out", str(out), "--no-png"])
+               "--relays", str(relays), "--out", str(out), "--no-png"])
     size = json.loads(out.read_text())["sizes"][0]
     assert "aborted" not in size, size
     assert size["bootstrap"]["converged"]
@@ -68,3 +71,5 @@ def test_a_tiny_bench_run_measures_joins_churn_and_loss(tmp_path: Path) -> None:
     loss = size["loss"]
     assert loss["killed"] == 1 and loss["all_gone"] and loss["entries"] > 0
     assert loss["removed_everywhere_s"] < TTL + 10
+    assert size["idle"]["etcd_watchers"] == (relays or 4)
+    assert (size["churn"]["usage"]["relay_cores"] > 0) == bool(relays)
