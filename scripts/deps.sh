@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 packages=(docker.io debootstrap busybox-static etcd-server docker-registry iperf3 tcpdump
           iproute2 iptables util-linux curl make python3-venv kmod etcd-client
-          nftables ipvsadm iputils-ping procps prometheus linux-perf)
+          nftables ipvsadm iputils-ping procps prometheus linux-perf openssl)
 mode=${1:-all}
 case $mode in
 all) ;;

@@ -22,7 +22,7 @@ from driver.kernel.port import Peer
 from plugin.app import STORE_ROOT, create_app
 from plugin.controlplane import EtcdControlPlane
 from plugin.settings import from_env
-from plugin.store.etcd import EtcdKV
+from plugin.store.etcd import EtcdKV, EtcdTLS
 from plugin.store.memory import MemoryKV
 from testbed.etcdserver import EtcdServer
 from tests.unit.conftest import Plugin
@@ -52,12 +52,16 @@ class Node:
 
 
 def make_node(
-    etcd: EtcdServer, vtep: str, ttl: int = TTL, relays: tuple[str, ...] = ()
+    etcd: EtcdServer,
+    vtep: str,
+    ttl: int = TTL,
+    relays: tuple[str, ...] = (),
+    relay_tls: EtcdTLS | None = None,
 ) -> Node:
     """``relays``: follow the peers through these watch relays instead of etcd."""
     kv = EtcdKV([etcd.url])
     local = MemoryKV()
-    watch_kv = EtcdKV(relays, timeout=2) if relays else None
+    watch_kv = EtcdKV(relays, relay_tls, timeout=2) if relays else None
     control = EtcdControlPlane(kv, ttl=ttl, node=vtep, layout=LAYOUT, watch_kv=watch_kv)
     kernel = FakeKernel()
     app = create_app(

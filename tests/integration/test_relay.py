@@ -8,13 +8,14 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from plugin.controlplane import gateway
-from plugin.store.etcd import EtcdKV, b64, prefix_end
+from plugin.store.etcd import EtcdKV, EtcdTLS, StoreUnavailable, b64, prefix_end
 from testbed.etcdserver import EtcdServer
-from testbed.relay import RelayServer, relay_server
+from testbed.relay import RelayServer, make_pki, relay_server
 from tests.integration.test_control_plane import (
     NET,
     TTL,
@@ -202,3 +203,23 @@ def test_a_watch_from_a_later_revision_gets_only_what_it_lacks(
         if seen:
             break
     assert seen == [f"{PEERS}{NET}/{2:064x}"]
+
+
+def test_a_tls_relay_serves_only_nodes_with_a_certificate(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    with relay_server(etcd.url, pki=pki) as relay:
+        writer = make_node(etcd, "192.0.2.1")
+        tls = EtcdTLS(ca=pki.ca, cert=pki.cert("client"), key=pki.key("client"))
+        follower = make_node(etcd, "192.0.2.2", relays=(relay.url,), relay_tls=tls)
+        try:
+            network_on(writer)
+            network_on(follower)
+            a = start_endpoint(writer, "a" * 64, "10.20.0.2")
+            wait_for(lambda: follower.peers() == {a}, what="the follower to learn over TLS")
+        finally:
+            close_all([writer, follower])
+        # No client certificate: refused (with TLS 1.3 the client learns it as a reset).
+        with pytest.raises(StoreUnavailable):
+            gateway.list_prefix(EtcdKV([relay.url], EtcdTLS(ca=pki.ca)), PEERS)

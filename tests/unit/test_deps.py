@@ -65,6 +65,7 @@ TOOLS = {
     "apt-get": "scripts/deps.sh",
     "prometheus": "tests/e2e/test_metrics.py (a real Prometheus scrapes the plugin)",
     "promtool": "tests/unit/test_alerts.py (docs/alerts.yml)",
+    "openssl": "tests/integration/test_relay.py (testbed/relay.py: a TLS relay's test PKI)",
 }
 
 ABSOLUTE = re.compile(r"""["'](/(?:usr/)?s?bin/[A-Za-z0-9._+-]+)["']""")
