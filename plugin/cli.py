@@ -59,8 +59,8 @@ def _serve(settings: Settings) -> int:
 def _relay(settings: Settings, listen: str, cert: str, key: str, client_ca: str) -> int:
     import asyncio
 
-    from plugin import relay
     from plugin.app import STORE_ROOT
+    from plugin.relay import service as relay
     from plugin.store.etcd import EtcdKV, EtcdTLS
 
     host, sep, port = listen.rpartition(":")

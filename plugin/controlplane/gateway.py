@@ -83,7 +83,11 @@ class WatchStream:
     revision): the caller lists again. ``shut`` cuts it from another thread.
     """
 
-    def __init__(self, kv: EtcdKV, prefix: str, start_revision: int) -> None:
+    def __init__(
+        self, kv: EtcdKV, prefix: str, start_revision: int, idle_timeout: float | None = None
+    ) -> None:
+        """``idle_timeout``: give up (the caller lists again) after that long without a line;
+        only for a source that sends progress lines (a relay). etcd sends none by itself."""
         self._request = {
             "create_request": {
                 "key": b64(prefix),
@@ -92,13 +96,17 @@ class WatchStream:
             }
         }
         self._kv = kv
+        self._idle_timeout = idle_timeout
         self._resp: Any = None
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         def open_stream(c: Any) -> Any:
             with transport_errors():
                 return c.session.post(
-                    c.get_url("/watch"), json=self._request, stream=True, timeout=(5, None)
+                    c.get_url("/watch"),
+                    json=self._request,
+                    stream=True,
+                    timeout=(5, self._idle_timeout),
                 )
 
         self._resp = resp = self._kv.call(open_stream)

@@ -20,6 +20,7 @@ from plugin.controlplane.keeper import Keeper
 from plugin.controlplane.nodes import list_nodes
 from plugin.controlplane.outbox import Outbox
 from plugin.controlplane.watcher import PeerWatcher
+from plugin.relay.feed import IDLE_TIMEOUT
 from plugin.store.etcd import EtcdKV
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class EtcdControlPlane:
         self.stopped_ttl = None if stopped_ttl is None else max(stopped_ttl, ttl)
         self._stop = threading.Event()
         self._outbox = Outbox()
-        self._watcher = PeerWatcher(self.watch_kv, layout, self._stop)
+        # Relays send a progress line every HEARTBEAT s: silence means a relay that is gone.
+        idle = None if watch_kv is None else IDLE_TIMEOUT
+        self._watcher = PeerWatcher(self.watch_kv, layout, self._stop, idle)
         self._keeper = Keeper(kv, layout, node, ttl, self._outbox, self._watcher, self._stop)
         self.connected = self._keeper.connected
         self._threads: list[threading.Thread] = []

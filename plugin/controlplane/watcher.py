@@ -31,8 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class PeerWatcher:
-    def __init__(self, kv: EtcdKV, keys: StoreLayout, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        kv: EtcdKV,
+        keys: StoreLayout,
+        stop: threading.Event,
+        idle_timeout: float | None = None,
+    ) -> None:
+        """``idle_timeout``: list again after that long without a line from the stream (for
+        relays, which send progress lines; see ``plugin.relay.feed.HEARTBEAT``)."""
         self.kv = kv
+        self.idle_timeout = idle_timeout
         self.keys = keys
         self._stop = stop
         self._lock = threading.Lock()
@@ -175,7 +184,9 @@ class PeerWatcher:
                 self._deliver_changes(nid, changed)
 
     def _follow(self, revision: int) -> None:
-        self._stream = gateway.WatchStream(self.kv, self.keys.peers, revision + 1)
+        self._stream = gateway.WatchStream(
+            self.kv, self.keys.peers, revision + 1, self.idle_timeout
+        )
         try:
             for result, _ in self._stream:
                 if self._stop.is_set():

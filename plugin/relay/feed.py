@@ -20,6 +20,12 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 HISTORY = 1024  # watch responses kept for watches that start a little in the past
+# Seconds between progress lines on every stream. A relay that dies without closing its
+# connections (a host that stops) would leave its nodes following a copy that no longer
+# changes; with a line at least this often, a node that hears nothing for IDLE_TIMEOUT
+# lists again from its next relay.
+HEARTBEAT = 5.0
+IDLE_TIMEOUT = 3 * HEARTBEAT
 
 
 class Subscriber(Protocol):
@@ -133,6 +139,14 @@ class Feed:
             "canceled": True,
         }
         return frame(json.dumps({"result": result}, separators=(",", ":")).encode())
+
+    def heartbeat(self) -> None:
+        """A progress line (no events, the copy's revision) on every stream."""
+        line = {"result": {"header": self._header_at(self.revision)}}
+        chunk = frame(json.dumps(line, separators=(",", ":")).encode())
+        for sub in list(self.subscribers):
+            if not sub.send(chunk):
+                self.subscribers.discard(sub)
 
     def covers(self, start: int) -> bool:
         """Whether every event from revision ``start`` on can still be delivered."""

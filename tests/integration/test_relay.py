@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from plugin.controlplane import gateway
+from plugin.relay.feed import HEARTBEAT, IDLE_TIMEOUT
 from plugin.store.etcd import EtcdKV, EtcdTLS, StoreUnavailable, b64, prefix_end
 from testbed.etcdserver import EtcdServer
 from testbed.relay import RelayServer, make_pki, relay_server
@@ -223,3 +227,37 @@ def test_a_tls_relay_serves_only_nodes_with_a_certificate(
         # No client certificate: refused (with TLS 1.3 the client learns it as a reset).
         with pytest.raises(StoreUnavailable):
             gateway.list_prefix(EtcdKV([relay.url], EtcdTLS(ca=pki.ca)), PEERS)
+
+
+def test_a_relay_that_goes_silent_is_left_for_the_next(etcd: EtcdServer) -> None:
+    """A relay whose host stops (SIGSTOP here) closes nothing: its streams just go quiet. The
+    relay's progress lines stop with it, and after IDLE_TIMEOUT the node lists again from
+    its next relay."""
+    with relay_server(etcd.url) as first, relay_server(etcd.url) as second:
+        writer = make_node(etcd, "192.0.2.1")
+        follower = make_node(etcd, "192.0.2.2", relays=(first.url, second.url))
+        try:
+            network_on(writer)
+            network_on(follower)
+            a = start_endpoint(writer, "a" * 64, "10.20.0.2")
+            wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
+            os.kill(first.process.pid, signal.SIGSTOP)
+            b = start_endpoint(writer, "b" * 64, "10.20.0.3")
+            took = wait_for(
+                lambda: follower.peers() == {a, b}, timeout=IDLE_TIMEOUT + 15, what="failover"
+            )
+            assert took > HEARTBEAT  # it did wait for the silence, not a closed connection
+        finally:
+            os.kill(first.process.pid, signal.SIGCONT)
+            close_all([writer, follower])
+
+
+def test_idle_streams_carry_progress_lines(etcd: EtcdServer, relay: RelayServer) -> None:
+    revision = int(gateway.list_prefix(EtcdKV([relay.url]), PEERS)["header"]["revision"])
+    started = time.monotonic()
+    stream = gateway.WatchStream(EtcdKV([relay.url]), PEERS, revision + 1, 2 * HEARTBEAT)
+    for lines, (result, _) in enumerate(stream, 1):
+        assert not result.get("events")
+        if lines == 2:  # "created", then one progress line
+            break
+    assert HEARTBEAT * 0.5 < time.monotonic() - started < HEARTBEAT * 2.5
