@@ -96,6 +96,7 @@ def measure_joins(c: Cluster, joined: list[Endpoint], timeout: float) -> dict[st
 
 def probes(c: Cluster, count: int, gap: float, timeout: float) -> dict[str, Any]:
     """Joins one at a time on a quiet cluster, ``gap`` seconds apart."""
+    a = c.sample()
     joined = []
     for _ in range(count):
         ep = c.new_tracked(c.rng.choice(c.live_nodes()))
@@ -103,7 +104,9 @@ def probes(c: Cluster, count: int, gap: float, timeout: float) -> dict[str, Any]
         c.endpoints[ep.eid] = ep
         joined.append(ep)
         time.sleep(gap)
-    return measure_joins(c, joined, timeout)
+    out = measure_joins(c, joined, timeout)
+    out["usage"] = between(a, c.sample(), c.nodes)
+    return out
 
 
 def churn(c: Cluster, rate: float, seconds: float, settle: float) -> dict[str, Any]:
