@@ -57,8 +57,8 @@ def gc_between(a: Sample, b: Sample) -> dict[str, Any]:
         # ended between the two replies was wholly between them.
         window = [s for end, s in hb["gc"]["gen2_pauses"] if ha["wall"] < end <= hb["wall"]]
         gen2_max = max([gen2_max, *window])
-    return {"gc_s": total, "gc_cores": total / dt, "gc_gen2_count": gen2_count,
-            "gc_gen2_s": gen2_s, "gc_gen2_max_s": gen2_max}
+    return {"gc_seconds": dt, "gc_s": total, "gc_cores": total / dt,
+            "gc_gen2_count": gen2_count, "gc_gen2_s": gen2_s, "gc_gen2_max_s": gen2_max}
 
 
 def between(a: Sample, b: Sample, nodes: int) -> dict[str, Any]:

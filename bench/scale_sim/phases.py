@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import log, percentile
-from bench.scale_sim.cluster import Cluster, Endpoint, between
+from bench.scale_sim.cluster import Cluster, Endpoint, between, gc_between
 from bench.scale_sim.hosts import HostError, Pending, call_all
 from testbed.scalesim.node import TRACKED_OCTET
 
@@ -150,6 +150,8 @@ def churn(c: Cluster, rate: float, seconds: float, settle: float) -> dict[str, A
     b = c.sample()
     out = measure_joins(c, joins, settle)
     out["usage"] = between(a, b, c.nodes)
+    # The last joins are programmed while measure_joins waits: a pause then is theirs too.
+    out["gc"] = gc_between(a, c.sample())
     out["joins_per_s"] = n / elapsed
     out["leaves_per_s"] = len(leaves) / elapsed
     return out

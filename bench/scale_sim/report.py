@@ -23,10 +23,10 @@ def lag_line(lag: dict[str, Any]) -> str:
     return text
 
 
-def gc_lines(u: dict[str, Any]) -> list[str]:
+def gc_lines(u: dict[str, Any], window: str = "") -> list[str]:
     if "gc_s" not in u:
         return []  # a run from before GC pauses were measured
-    return [f"   GC {u['gc_s']:.2f}s in all ({u['gc_cores']:.3f} cores); gen-2 "
+    return [f"   GC{window} {u['gc_s']:.2f}s in all ({u['gc_cores']:.3f} cores); gen-2 "
             f"{u['gc_gen2_count']}x, {u['gc_gen2_s']:.2f}s, longest {u['gc_gen2_max_s']:.2f}s"]
 
 
@@ -69,7 +69,8 @@ def table(size: dict[str, Any]) -> str:
                      f"sim {u['sim_cores']:.2f} cores, {u['node_events_per_s']:.0f} node-events/s, "
                      f"client CPU {_f(u['client_cpu_us_per_node_event'], '.0f')} us per node "
                      f"per event")
-        lines += gc_lines(u)
+        if "gc" in ch:
+            lines += gc_lines(ch["gc"], f" (churn and settle, {ch['gc']['gc_seconds']:.0f}s)")
     loss = size.get("loss")
     if loss:
         lines.append(f"loss of {loss['killed']} nodes ({loss['entries']} endpoints): etcd dropped "

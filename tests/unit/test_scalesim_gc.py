@@ -62,6 +62,7 @@ def test_a_phase_gets_its_own_gc_time_and_longest_gen2_pause() -> None:
     b = sample(111.0, [[30, 0.3, 0.01], [4, 0.2, 0.05], [3, 4.5, 3.0]],
                [early, [104.0, 1.0], [109.0, 0.5]])  # fmt: skip
     got = gc_between(a, b)
+    assert got["gc_seconds"] == 10
     assert got["gc_s"] == pytest.approx(0.2 + 0.1 + 1.5)
     assert got["gc_cores"] == pytest.approx(1.8 / 10)
     assert got["gc_gen2_count"] == 2
