@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container, Mapping
+from dataclasses import dataclass
 
 from driver import names
 from driver.encryption import Encryption
@@ -23,6 +24,20 @@ from driver.peerset import PeerSet
 from driver.records import EndpointRecord
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Programmed:
+    """What the last successful programming of a network left in the kernel.
+
+    ``encrypted`` is the network record's, read by that snapshot: a delivery of changes
+    needs only it, and decoding the record for every delivery was a large part of the
+    control plane's cost at scale (issue 16). It cannot outlive the record: a network is
+    created and deleted under its lock, with a ``forget`` that drops this entry.
+    """
+
+    peerset: PeerSet
+    encrypted: bool
 
 
 class Peering:
@@ -43,7 +58,7 @@ class Peering:
         self._broken = broken  # networks with no kernel state to program
         self.events: DriverEvents = NO_EVENTS  # metrics hook (driver/events.py)
         # Per network, under its lock: the remote peers last programmed, by endpoint.
-        self._programmed: dict[str, PeerSet] = {}
+        self._programmed: dict[str, _Programmed] = {}
 
     # -- ours, out -----------------------------------------------------------------
 
@@ -100,13 +115,13 @@ class Peering:
             # FDB and neighbour table every time. The control plane's periodic
             # recheck compares with the kernel, so drift cannot last.
             known = self._programmed.pop(network_id, None)
-            have = None if recheck or known is None else known.peers()
+            have = None if recheck or known is None else known.peerset.peers()
             if net is None or network_id in self._broken:
                 # A broken network has no device to program; the periodic recheck
                 # after its rebuild diffs against the kernel.
                 return
             if have is not None and have == want:
-                self._programmed[network_id] = PeerSet(by_endpoint)
+                self._programmed[network_id] = _Programmed(PeerSet(by_endpoint), net.encrypted)
                 self.events.peers_programmed(  # metrics hook
                     network_id, snapshot, local, added=0, removed=0, recheck=recheck
                 )
@@ -121,7 +136,7 @@ class Peering:
                 added, removed = converge(self.kernel, network_id, want, have)
                 self.encryption.set_peers(network_id, vteps)
             # Only after success: after a failure the next snapshot diffs with the kernel.
-            self._programmed[network_id] = PeerSet(by_endpoint)
+            self._programmed[network_id] = _Programmed(PeerSet(by_endpoint), net.encrypted)
             self.events.peers_programmed(  # metrics hook
                 network_id, snapshot, local, added=added, removed=removed, recheck=recheck
             )
@@ -139,12 +154,10 @@ class Peering:
             for eid, r in changes.items()
         }
         with self._locks.hold(network_id):
-            known = self._programmed.get(network_id)
-            if known is None or network_id in self._broken:
+            programmed = self._programmed.get(network_id)
+            if programmed is None or programmed.encrypted or network_id in self._broken:
                 return False
-            net = self.state.network(network_id)
-            if net is None or net.encrypted:
-                return False
+            known = programmed.peerset
             missing, stale = known.apply(peers)
             if missing or stale:
                 # Until it succeeded: after a failure the next delivery diffs with the kernel.
@@ -153,7 +166,7 @@ class Peering:
                     self.kernel.remove_peer(network_id, peer)
                 for peer in missing:
                     self.kernel.ensure_peer(network_id, peer)
-                self._programmed[network_id] = known
+                self._programmed[network_id] = programmed
                 log.info(
                     "network %s: peers +%d -%d (now %d)",
                     names.short(network_id), len(missing), len(stale), len(known),

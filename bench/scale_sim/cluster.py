@@ -45,6 +45,25 @@ class Sample:
         return [sum(r[k] for r in rows) for k in range(3)]
 
 
+def gc_between(a: Sample, b: Sample) -> dict[str, Any]:
+    """The collectors' pauses from ``a`` to ``b`` in all hosts (testbed/scalesim/gcpauses):
+    the time they took, and the gen-2 collections. Each host has its own GIL, so the
+    longest gen-2 pause is the longest that any host's nodes all stood still."""
+    dt = max(b.wall - a.wall, 1e-6)
+    total, gen2_count, gen2_s, gen2_max = 0.0, 0, 0.0, 0.0
+    for ha, hb in zip(a.hosts, b.hosts, strict=True):
+        was, now = ha["gc"]["by_gen"], hb["gc"]["by_gen"]
+        total += sum(now[g][1] - was[g][1] for g in range(len(now)))
+        gen2_count += now[-1][0] - was[-1][0]
+        gen2_s += now[-1][1] - was[-1][1]
+        # A stats reply cannot come during a collection (it holds the GIL): a pause that
+        # ended between the two replies was wholly between them.
+        window = [s for end, s in hb["gc"]["gen2_pauses"] if ha["wall"] < end <= hb["wall"]]
+        gen2_max = max([gen2_max, *window])
+    return {"gc_seconds": dt, "gc_s": total, "gc_cores": total / dt,
+            "gc_gen2_count": gen2_count, "gc_gen2_s": gen2_s, "gc_gen2_max_s": gen2_max}
+
+
 def between(a: Sample, b: Sample, nodes: int) -> dict[str, Any]:
     """What happened from ``a`` to ``b``: rates and CPU shares."""
     dt = max(b.wall - a.wall, 1e-6)
@@ -80,6 +99,7 @@ def between(a: Sample, b: Sample, nodes: int) -> dict[str, Any]:
         "keepalive_requests_per_s": ka[0] / dt,
         "keepalive_bytes_per_s": (ka[1] + ka[2]) / dt,
         "keepalive_bytes_per_node_per_s": (ka[1] + ka[2]) / dt / max(nodes, 1),
+        **gc_between(a, b),
     }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import log, percentile
-from bench.scale_sim.cluster import Cluster, Endpoint, between
+from bench.scale_sim.cluster import Cluster, Endpoint, between, gc_between
 from bench.scale_sim.hosts import HostError, Pending, call_all
 from testbed.scalesim.node import TRACKED_OCTET
 
@@ -97,6 +97,7 @@ def measure_joins(c: Cluster, joined: list[Endpoint], timeout: float) -> dict[st
 
 def probes(c: Cluster, count: int, gap: float, timeout: float) -> dict[str, Any]:
     """Joins one at a time on a quiet cluster, ``gap`` seconds apart."""
+    a = c.sample()
     joined = []
     for _ in range(count):
         ep = c.new_tracked(c.rng.choice(c.live_nodes()))
@@ -104,7 +105,9 @@ def probes(c: Cluster, count: int, gap: float, timeout: float) -> dict[str, Any]
         c.endpoints[ep.eid] = ep
         joined.append(ep)
         time.sleep(gap)
-    return measure_joins(c, joined, timeout)
+    out = measure_joins(c, joined, timeout)
+    out["usage"] = between(a, c.sample(), c.nodes)
+    return out
 
 
 def churn(c: Cluster, rate: float, seconds: float, settle: float) -> dict[str, Any]:
@@ -148,6 +151,8 @@ def churn(c: Cluster, rate: float, seconds: float, settle: float) -> dict[str, A
     b = c.sample()
     out = measure_joins(c, joins, settle)
     out["usage"] = between(a, b, c.nodes)
+    # The last joins are programmed while measure_joins waits: a pause then is theirs too.
+    out["gc"] = gc_between(a, c.sample())
     out["joins_per_s"] = n / elapsed
     out["leaves_per_s"] = len(leaves) / elapsed
     return out

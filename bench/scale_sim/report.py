@@ -23,6 +23,13 @@ def lag_line(lag: dict[str, Any]) -> str:
     return text
 
 
+def gc_lines(u: dict[str, Any], window: str = "") -> list[str]:
+    if "gc_s" not in u:
+        return []  # a run from before GC pauses were measured
+    return [f"   GC{window} {u['gc_s']:.2f}s in all ({u['gc_cores']:.3f} cores); gen-2 "
+            f"{u['gc_gen2_count']}x, {u['gc_gen2_s']:.2f}s, longest {u['gc_gen2_max_s']:.2f}s"]
+
+
 def table(size: dict[str, Any]) -> str:
     n = size["nodes"]
     lines = [f"== {n} nodes ==" + (f"  ABORTED: {size['aborted']}" if "aborted" in size else "")]
@@ -33,6 +40,12 @@ def table(size: dict[str, Any]) -> str:
                      f"{boot['watch_and_program_s']:.1f}s (converged {boot['converged']}); "
                      f"etcd {u['etcd_cores']:.2f} cores, sim {u['sim_cores']:.2f} cores, "
                      f"sim RSS {u['sim_rss_mib']:.0f} MiB, threads {u['sim_threads']}")
+        lines += gc_lines(u)
+    freeze = size.get("gc_freeze")
+    if freeze:
+        lines.append("gc.freeze after bootstrap: "
+                     + ", ".join(f"{h['frozen']} objects (collect {h['collect_s']:.2f}s)"
+                                 for h in freeze))
     idle = size.get("idle")
     if idle:
         lines.append(f"idle:      etcd {idle['etcd_cores']:.3f} cores, "
@@ -42,8 +55,10 @@ def table(size: dict[str, Any]) -> str:
                      f"{idle['keepalive_bytes_per_s'] / 1024:.1f} KiB/s "
                      f"({idle['keepalive_bytes_per_node_per_s']:.0f} B/s per node); "
                      f"sim {idle['sim_cores']:.2f} cores" + _relays(idle))
+        lines += gc_lines(idle)
     if "probes" in size:
         lines.append(f"probe joins (quiet): {lag_line(size['probes'])}")
+        lines += gc_lines(size["probes"].get("usage", {}))
     ch = size.get("churn")
     if ch:
         u = ch["usage"]
@@ -54,12 +69,15 @@ def table(size: dict[str, Any]) -> str:
                      f"sim {u['sim_cores']:.2f} cores, {u['node_events_per_s']:.0f} node-events/s, "
                      f"client CPU {_f(u['client_cpu_us_per_node_event'], '.0f')} us per node "
                      f"per event" + _relays(u))
+        if "gc" in ch:
+            lines += gc_lines(ch["gc"], f" (churn and settle, {ch['gc']['gc_seconds']:.0f}s)")
     loss = size.get("loss")
     if loss:
         lines.append(f"loss of {loss['killed']} nodes ({loss['entries']} endpoints): etcd dropped "
                      f"them after {loss['etcd_dropped_s']:.1f}s, every live node after "
                      f"{loss['removed_everywhere_s']:.1f}s"
                      + ("" if loss["all_gone"] else f" (NOT all gone: {loss['held_still']} left)"))
+        lines += gc_lines(loss["usage"])
     return "\n".join(lines)
 
 

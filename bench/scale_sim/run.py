@@ -21,7 +21,7 @@ from typing import Any
 from bench.common import log, machine
 from bench.scale_sim import phases, report
 from bench.scale_sim.cluster import Cluster
-from bench.scale_sim.hosts import HostProc
+from bench.scale_sim.hosts import HostProc, call_all
 from testbed.etcdserver import etcd_server
 from testbed.relay import relay_server
 
@@ -52,6 +52,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "0: every node watches etcd (default)")
     p.add_argument("--resync", type=float,
                    help="the keeper's full-diff interval in s (the plugin's 30 s if not given)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() in every simulator process after the bootstrap "
+                        "(testbed/scalesim/host.py says why)")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
@@ -101,6 +104,8 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"
             return
+        if args.gc_freeze:
+            out["gc_freeze"] = call_all(c.hosts, {"op": "gc_freeze"}, args.budget)
         out["idle"] = phases.idle(c, args.idle_seconds)
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))
         log(f"{nodes} nodes: probe lag {report.lag_line(out['probes'])}")

@@ -4,14 +4,16 @@ Every key a node writes hangs off one etcd lease with TTL = PEER_TTL. The keeper
 it every TTL/3; when it is lost (etcd was away longer than the TTL) it takes a new one and
 publishes everything again. Between refreshes it writes what ``Outbox`` queued, in
 transactions. Every RESYNC_INTERVAL it has the watcher hand every watched network its
-snapshot again.
+snapshot again, the first time at a random point of the first interval.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable
 
 from core.layout import StoreLayout
 from driver.events import NO_EVENTS, ControlPlaneEvents
@@ -36,6 +38,8 @@ class Keeper:
         outbox: Outbox,
         watcher: PeerWatcher,
         stop: threading.Event,
+        *,
+        phase: Callable[[], float] = random.random,  # in [0, 1): where the first resync falls
     ) -> None:
         self.kv = kv
         self.keys = keys
@@ -44,6 +48,7 @@ class Keeper:
         self.outbox = outbox
         self.watcher = watcher
         self._stop = stop
+        self._phase = phase
         self.wake = threading.Event()
         self.lease: int | None = None
         self.connected = threading.Event()
@@ -51,11 +56,13 @@ class Keeper:
 
     def run(self) -> None:
         interval = max(1.0, self.ttl / 3)
-        last_resync = time.monotonic()
+        # Nodes that start together (a cluster's reboot, the scale simulator) would all
+        # resync at the same moments for ever, every node's full diff in one burst.
+        next_resync = time.monotonic() + self._phase() * RESYNC_INTERVAL
         next_keepalive = 0.0  # the first round grants a lease at once
         while not self._stop.is_set():
-            if time.monotonic() - last_resync >= RESYNC_INTERVAL:
-                last_resync = time.monotonic()
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + RESYNC_INTERVAL
                 self.watcher.resync()
             try:
                 lease, dirty = self.lease, self.outbox.dirty()
@@ -92,7 +99,9 @@ class Keeper:
                 next_keepalive = 0.0
                 self.outbox.set_dirty()
             until_keepalive = next_keepalive - time.monotonic() if next_keepalive else interval
-            self.wake.wait(max(0.0, until_keepalive))
+            # Not only at keepalive rounds, which nodes started together share.
+            until_resync = next_resync - time.monotonic()
+            self.wake.wait(max(0.0, min(until_keepalive, until_resync)))
             self.wake.clear()
 
     def _republish(self, lease: int) -> None:

@@ -1,13 +1,15 @@
 """A process hosting many simulated nodes, driven by JSON lines on stdin (one reply line each
 on stdout): ``python -m testbed.scalesim.host``. Logs go to stderr at WARNING.
 
-Commands (``op``): build, watch, status, join, leave, kill, added, removed, stats, stop.
+Commands (``op``): build, watch, status, join, leave, kill, added, removed, stats,
+gc_freeze, stop.
 Every wait inside is bounded; the process exits on ``stop``, on end of input, or when its
 parent dies (stdin closes).
 """
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -21,6 +23,7 @@ from typing import Any
 
 from plugin.controlplane import keeper
 from testbed import proc
+from testbed.scalesim.gcpauses import GcPauses
 from testbed.scalesim.node import SimNode, bootstrap_ip, endpoint_id
 
 Reply = dict[str, Any]
@@ -42,6 +45,7 @@ def process_cpu() -> float:
 class Host:
     def __init__(self) -> None:
         self.nodes: dict[int, SimNode] = {}
+        self.gc = GcPauses()
 
     def build(self, cmd: Reply) -> Reply:
         """Nodes with their networks and bootstrap endpoints, keepers running, not watching."""
@@ -145,8 +149,24 @@ class Host:
             "threads": threading.active_count(),
             "events": sum(n.counted.events for n in self.nodes.values()),
             "traffic": traffic,
+            "gc": self.gc.snapshot(),
             "wall": time.time(),
         }
+
+    def gc_freeze(self, cmd: Reply) -> Reply:
+        """Collect once, then exempt every object that survives from later collections.
+
+        Legitimate for a simulator only: this process holds the records of half the
+        cluster's nodes in one heap (each node's view of every peer), so a full collection
+        scans O(N^2) objects and stops all of them at once, which no real node, holding one
+        node's records, does. Frozen objects are still freed by reference counting; the
+        collect first keeps the bootstrap's cyclic garbage from being frozen for good.
+        """
+        t = time.perf_counter()
+        gc.collect()
+        collect_s = time.perf_counter() - t
+        gc.freeze()
+        return {"frozen": gc.get_freeze_count(), "collect_s": collect_s}
 
     def endpoints(self, cmd: Reply) -> Reply:
         """Every endpoint of the given nodes: [node, endpoint ID, IP]."""
@@ -163,10 +183,11 @@ def main() -> None:
                         format="%(asctime)s host %(levelname)s %(name)s: %(message)s")
     raise_fd_limit()
     host = Host()
+    host.gc.install()
     ops: dict[str, Callable[[Reply], Reply]] = {
         "build": host.build, "watch": host.watch, "status": host.status, "join": host.join,
         "leave": host.leave, "kill": host.kill, "added": host.added, "removed": host.removed,
-        "stats": host.stats, "endpoints": host.endpoints,
+        "stats": host.stats, "endpoints": host.endpoints, "gc_freeze": host.gc_freeze,
     }  # fmt: skip
     for line in sys.stdin:
         cmd = json.loads(line)

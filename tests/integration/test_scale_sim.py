@@ -73,3 +73,7 @@ def test_a_tiny_bench_run_measures_joins_churn_and_loss(tmp_path: Path, relays: 
     assert loss["removed_everywhere_s"] < TTL + 10
     assert size["idle"]["etcd_watchers"] == (relays or 4)
     assert (size["churn"]["usage"]["relay_cores"] > 0) == bool(relays)
+    gc_windows = (size["bootstrap"]["usage"], size["probes"]["usage"], size["churn"]["gc"],
+                  loss["usage"])
+    for phase in gc_windows:
+        assert phase["gc_s"] >= phase["gc_gen2_s"] >= phase["gc_gen2_max_s"] >= 0

@@ -10,8 +10,12 @@ import pytest
 
 from driver import mac
 from driver.kernel.fake import FakeKernel
+from driver.kernel.fake_ipsec import FakeIpsec
 from driver.kernel.port import KernelError, Peer
 from driver.peers import PeerRecord
+from plugin.app import create_app
+from plugin.settings import from_env
+from plugin.store.memory import MemoryKV
 from tests.unit.conftest import Plugin, RecordingControlPlane, make_plugin
 from tests.unit.test_network_driver import NET, create_body
 
@@ -30,9 +34,21 @@ class CountingKernel(FakeKernel):
         return super().peers(network_id)
 
 
-def make() -> tuple[Plugin, CountingKernel, RecordingControlPlane]:
+class CountingKV(MemoryKV):
+    """Counts the store's reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return super().get(key)
+
+
+def make(store: MemoryKV | None = None) -> tuple[Plugin, CountingKernel, RecordingControlPlane]:
     kernel, control = CountingKernel(), RecordingControlPlane()
-    p = make_plugin({"DATA_PATH_ADDR": LOCAL_VTEP}, kernel=kernel, control=control)
+    p = make_plugin({"DATA_PATH_ADDR": LOCAL_VTEP}, store=store, kernel=kernel, control=control)
     p.ok("/NetworkDriver.CreateNetwork", create_body())
     return p, kernel, control
 
@@ -116,3 +132,63 @@ def test_a_failed_change_leaves_nothing_to_apply_the_next_to() -> None:
     assert not control.deliver_changes(NET, {r3.endpoint_id: r3})
     control.deliver(NET, [r1, r2, r3])  # the snapshot that follows repairs it
     assert kernel.peers(NET) == {r1.peer(), r2.peer(), r3.peer()}
+
+
+def test_a_delivery_of_changes_reads_nothing_from_the_store() -> None:
+    # Decoding the network's record for every delivery was 7% of the control plane's
+    # samples at 1,000 simulated nodes.
+    store = CountingKV()
+    _, kernel, control = make(store)
+    r1, r2 = record(1), record(2)
+    control.deliver(NET, [r1])
+    gets = store.gets
+    assert control.deliver_changes(NET, {r2.endpoint_id: r2})
+    assert control.deliver_changes(NET, {r1.endpoint_id: None})
+    assert kernel.peers(NET) == {r2.peer()}
+    assert store.gets == gets
+
+
+def make_encrypting() -> tuple[Plugin, FakeIpsec, RecordingControlPlane]:
+    kernel, store, ipsec, control = FakeKernel(), MemoryKV(), FakeIpsec(), RecordingControlPlane()
+    settings = from_env({"DATA_PATH_ADDR": LOCAL_VTEP})
+    app = create_app(
+        settings, kernel=kernel, local=store, shared=store, control=control, ipsec=ipsec
+    )
+    return Plugin(app.test_client(), kernel, store), ipsec, control
+
+
+def sa_peers(ipsec: FakeIpsec) -> set[object]:
+    return {sa.dst for sa in ipsec.sas.values()} - {ipaddress.ip_address(LOCAL_VTEP)}
+
+
+def test_an_encrypted_network_takes_every_change_as_a_snapshot() -> None:
+    # Fail closed: a peer's FDB entries come only after its SAs, which on_snapshot makes.
+    p, ipsec, control = make_encrypting()
+    p.ok("/NetworkDriver.CreateNetwork", create_body(encrypted=""))
+    r1, r2 = record(1), record(2, vtep="192.0.2.3")
+    assert not control.deliver_changes(NET, {r1.endpoint_id: r1})
+    control.deliver(NET, [r1])
+    assert not control.deliver_changes(NET, {r2.endpoint_id: r2})
+    control.deliver(NET, [r1], recheck=True)
+    assert not control.deliver_changes(NET, {r2.endpoint_id: r2})
+    assert not control.deliver_changes(NET, {r1.endpoint_id: None})
+    assert p.kernel.peers(NET) == {r1.peer()}
+    control.deliver(NET, [r1, r2])
+    assert p.kernel.peers(NET) == {r1.peer(), r2.peer()}
+    assert sa_peers(ipsec) == {r1.vtep, r2.vtep}
+
+
+def test_a_network_recreated_encrypted_does_not_take_changes_as_its_plain_self_did() -> None:
+    p, ipsec, control = make_encrypting()
+    r1, r2 = record(1), record(2, vtep="192.0.2.3")
+    p.ok("/NetworkDriver.CreateNetwork", create_body())
+    control.deliver(NET, [r1])
+    assert control.deliver_changes(NET, {r2.endpoint_id: r2})
+    p.ok("/NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    p.ok("/NetworkDriver.CreateNetwork", create_body(encrypted=""))
+    assert not control.deliver_changes(NET, {r1.endpoint_id: r1})
+    assert p.kernel.peers(NET) == set()
+    control.deliver(NET, [r1])
+    assert not control.deliver_changes(NET, {r2.endpoint_id: r2})
+    assert p.kernel.peers(NET) == {r1.peer()}
+    assert sa_peers(ipsec) == {r1.vtep}
