@@ -52,9 +52,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "0: every node watches etcd (default)")
     p.add_argument("--resync", type=float,
                    help="the keeper's full-diff interval in s (the plugin's 30 s if not given)")
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="gc.freeze() in every simulator process after the bootstrap "
-                        "(testbed/scalesim/host.py says why)")
+    p.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
+                   help="the simulator processes' cycle collector: on (Python's default), "
+                        "freeze (gc.freeze() after the bootstrap) or off (no automatic "
+                        "collection all run); testbed/scalesim/host.py says why")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
@@ -97,6 +98,8 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
         assert etcd.process.pid
         c = Cluster(etcd, etcd.process.pid, procs, nodes, args.networks, args.eps, rng,
                     relays=relays)
+        if args.gc == "off":
+            call_all(c.hosts, {"op": "gc_off"}, 10)
         out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget,
                                             int(args.max_rss_gib * 2**30 / args.procs),
                                             args.resync)
@@ -104,7 +107,7 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"
             return
-        if args.gc_freeze:
+        if args.gc == "freeze":
             out["gc_freeze"] = call_all(c.hosts, {"op": "gc_freeze"}, args.budget)
         out["idle"] = phases.idle(c, args.idle_seconds)
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))

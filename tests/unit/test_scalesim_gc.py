@@ -51,6 +51,14 @@ def test_gc_freeze_exempts_what_survives_a_collection() -> None:
         gc.unfreeze()
 
 
+def test_gc_off_stops_automatic_collection() -> None:
+    try:
+        assert Host().gc_off({}) == {"enabled": False}
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def sample(wall: float, gens: list[list[float]], gen2: list[list[float]]) -> Sample:
     host = {"wall": wall, "gc": {"by_gen": gens, "gen2_pauses": gen2}}
     return Sample(wall, 0.0, 0, Metrics(0, 0, 0, {}, 0, 0), [host])
