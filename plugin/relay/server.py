@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024  # request line and headers
 MAX_BODY = 64 * 1024  # a range or watch request is a few hundred bytes
 MAX_BUFFER = 32 * 1024 * 1024  # unsent bytes per stream before it is cut
+# gRPC status codes, which the gateway's error bodies carry.
+INVALID_ARGUMENT, UNIMPLEMENTED, UNAVAILABLE = 3, 12, 14
+NOT_CURRENT = "the relay's copy is not current: etcd is out of reach"
 
 
 class BadRequest(Exception):
@@ -94,7 +97,8 @@ class RelayServer:
                     status, reply = self._answer(method, path, body)
                 except BadRequest as e:
                     self.refused += 1
-                    _reply(writer, e.status, _error(str(e), e.status), close=True)
+                    code = UNIMPLEMENTED if e.status in (404, 405) else INVALID_ARGUMENT
+                    _reply(writer, e.status, _error(str(e), code), close=True)
                     return
                 _reply(writer, status, reply)
                 await writer.drain()
@@ -109,7 +113,7 @@ class RelayServer:
             _only(method, "GET")
             version = self._version()
             if not version:
-                return 503, _error("the relay has not reached etcd yet", 503)
+                return 503, _error("the relay has not reached etcd yet", UNAVAILABLE)
             return 200, version
         if path == "/health":
             _only(method, "GET")
@@ -123,7 +127,7 @@ class RelayServer:
             _only(method, "POST")
             self._check_range(_json(body))
             if not self.feed.ready:
-                return 503, _error("the relay's copy is not current: etcd is out of reach", 14)
+                return 503, _error(NOT_CURRENT, UNAVAILABLE)
             return 200, self.feed.range_body()
         raise BadRequest(404, f"{path[:100]!r}: the relay serves only range and watch")
 
@@ -155,7 +159,7 @@ class RelayServer:
             raise BadRequest(400, "create_request.start_revision: not an integer") from None
         if not self.feed.ready:
             self.refused += 1
-            _reply(writer, 503, _error("the relay's copy is not current: etcd is out of reach", 14))
+            _reply(writer, 503, _error(NOT_CURRENT, UNAVAILABLE))
             return
         if start <= 0:
             start = self.feed.revision + 1
