@@ -40,8 +40,9 @@ def lag_stats(lags: list[float]) -> dict[str, Any]:
 
 
 def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0,
-              resync: float | None = None) -> dict[str, Any]:
-    """Every node publishes its endpoints; then every node starts watching (one list each)."""
+              resync: float | None = None, watch: bool = True) -> dict[str, Any]:
+    """Every node publishes its endpoints; then every node starts watching (one list each),
+    unless not ``watch``."""
     t0 = time.monotonic()
     build = [h.send({"op": "build", "url": c.etcd.url, "indices": c.indices(h), "ttl": ttl,
                      "networks": c.networks, "eps": c.eps_per_node, "resync": resync,
@@ -56,6 +57,10 @@ def bootstrap(c: Cluster, ttl: int, timeout: float, max_rss: int = 0,
     c.load_endpoints()
     log(f"{c.nodes} nodes: {c.peer_keys()} of {want} records published in {t_published:.1f}s")
     before = c.sample()
+    if not watch:
+        return {"published": published, "publish_s": t_published, "converged": published,
+                "watching": False, "watch_and_program_s": 0.0,
+                "usage": between(before, c.sample(), c.nodes)}
     t1 = time.monotonic()
     call_all(c.hosts, {"op": "watch", "max_rss": max_rss}, max(10.0, timeout - (t1 - t0)))
     done = wait_until(lambda left: c.complete(left)[0] == c.nodes,

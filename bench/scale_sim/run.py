@@ -56,12 +56,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="the simulator processes' cycle collector: on (Python's default), "
                         "freeze (gc.freeze() after the bootstrap) or off (no automatic "
                         "collection all run); testbed/scalesim/host.py says why")
+    p.add_argument("--etcd-only", action="store_true",
+                   help="with --relays: the nodes publish, keep their leases and churn, but do "
+                        "not watch; etcd's side at a churn whose deliveries the simulator "
+                        "cannot carry (through relays, etcd's load does not depend on how many "
+                        "nodes follow them). No lag, probe or loss figures")
     p.add_argument("--label", default="", help="a name for this run in the JSON")
     p.add_argument("--out", type=Path, default=BUILD / "scale_sim.json")
     p.add_argument("--png", type=Path, default=Path("docs/scale-sim-lag.png"))
     p.add_argument("--no-png", action="store_true")
     p.add_argument("--seed", type=int, default=16)
     args = p.parse_args(argv)
+    if args.etcd_only and not args.relays:
+        p.error("--etcd-only needs --relays (without them nothing would watch etcd)")
     if args.sizes is None:
         args.sizes = [10, 100] if args.quick else [10, 100, 300, 1000]
     if args.churn_seconds is None:
@@ -102,7 +109,7 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
             call_all(c.hosts, {"op": "gc_off"}, 10)
         out["bootstrap"] = phases.bootstrap(c, args.ttl, args.budget,
                                             int(args.max_rss_gib * 2**30 / args.procs),
-                                            args.resync)
+                                            args.resync, watch=not args.etcd_only)
         if not out["bootstrap"]["converged"]:
             log(f"{nodes} nodes: did not converge within the budget; skipping the rest")
             out["aborted"] = "bootstrap did not converge within the budget"
@@ -110,6 +117,10 @@ def one_size(args: argparse.Namespace, nodes: int, run_dir: Path, out: dict[str,
         if args.gc == "freeze":
             out["gc_freeze"] = call_all(c.hosts, {"op": "gc_freeze"}, args.budget)
         out["idle"] = phases.idle(c, args.idle_seconds)
+        if args.etcd_only:
+            out["churn"] = phases.churn(c, args.churn_rate, args.churn_seconds, 0.0)
+            log(f"{nodes} nodes: etcd-only churn, {out['churn']['joins_per_s']:.1f} joins/s")
+            return
         out["probes"] = phases.probes(c, args.probes, 0.25, min(120.0, args.budget))
         log(f"{nodes} nodes: probe lag {report.lag_line(out['probes'])}")
         out["churn"] = phases.churn(c, args.churn_rate, args.churn_seconds,

@@ -77,3 +77,18 @@ def test_a_tiny_bench_run_measures_joins_churn_and_loss(tmp_path: Path, relays: 
                   loss["usage"])
     for phase in gc_windows:
         assert phase["gc_s"] >= phase["gc_gen2_s"] >= phase["gc_gen2_max_s"] >= 0
+
+
+def test_an_etcd_only_run_churns_without_watching(tmp_path: Path) -> None:
+    """--etcd-only: the nodes write and keep their leases, the relays watch, nobody follows."""
+    out = tmp_path / "scale_sim.json"
+    scale_sim(["--sizes", "4", "--ttl", str(TTL), "--idle-seconds", "1", "--churn-rate", "10",
+               "--churn-seconds", "2", "--budget", "60", "--relays", "1", "--etcd-only",
+               "--out", str(out), "--no-png"])
+    size = json.loads(out.read_text())["sizes"][0]
+    assert "aborted" not in size, size
+    assert size["bootstrap"]["watching"] is False
+    churn = size["churn"]
+    assert churn["joins_per_s"] > 5 and churn["n"] == 0
+    assert churn["usage"]["etcd_watchers"] == 1 and churn["usage"]["node_events"] == 0
+    assert "probes" not in size and "loss" not in size
