@@ -100,8 +100,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         return
     nodes = [s["nodes"] for s in sizes]
     series = {k: [s["probes"][k] for s in sizes] for k in ("p50", "p99", "max")}
+    counts = sorted({s["probes"]["n"] for s in sizes})
     lag_chart(path, nodes, series, "join -> programmed on every other node (s)",
-              "quiet cluster, 20 probe joins per size (10 at 1000), p99 = max with 20")
+              f"quiet cluster, {'/'.join(map(str, counts))} probe joins per size")
 
 
 def merged(paths: list[Path]) -> dict[str, Any]:
