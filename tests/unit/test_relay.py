@@ -178,3 +178,20 @@ def test_swarmnet_relay_refuses_bad_settings(
     assert main(["relay", *args]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+def test_the_plugin_follows_peers_through_its_relays_and_writes_to_etcd() -> None:
+    from core.layout import StoreLayout
+    from plugin.app import STORE_ROOT, _etcd
+    from plugin.store.memory import MemoryKV
+
+    settings = from_env(
+        {"ETCD_ENDPOINTS": "http://192.0.2.1:2379", "PEER_RELAYS": "http://192.0.2.2:2381"}
+    )
+    kv, control = _etcd(settings, MemoryKV(), StoreLayout(STORE_ROOT))
+    assert kv.endpoints == ("http://192.0.2.1:2379",)
+    assert control.kv is kv and control.watch_kv.endpoints == ("http://192.0.2.2:2381",)
+    assert "peers through relays http://192.0.2.2:2381" in control.describe()
+    direct = _etcd(from_env({"ETCD_ENDPOINTS": "http://192.0.2.1:2379"}), MemoryKV(),
+                   StoreLayout(STORE_ROOT))[1]
+    assert direct.watch_kv is direct.kv
