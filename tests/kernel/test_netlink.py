@@ -18,7 +18,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from driver import mac, names
 from driver.kernel import netlink as netlink_module
 from driver.kernel import nsfs
-from driver.kernel.netlink import NetlinkKernel
+from driver.kernel.netlink import NetlinkKernel, onelink
 from driver.kernel.netlink import handles as netlink_handles
 from driver.kernel.port import EndpointSpec, KernelError, NetworkSpec, Peer
 
@@ -375,10 +375,14 @@ def failing_master(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netlink_handles, "ipr_on", lambda sock: FailOnMaster(real(sock)))
 
 
+def refuse_veth(*_args: Any, **_kwargs: Any) -> None:
+    raise NetlinkError(errno.EPERM)
+
+
 def test_failed_endpoint_leaves_no_veth(host: NetlinkHost, monkeypatch: pytest.MonkeyPatch) -> None:
     host.kernel.ensure_network(net_spec())
-    real = netlink_handles.ipr_on
-    monkeypatch.setattr(netlink_handles, "ipr_on", lambda sock: FailOnMaster(real(sock)))
+    # Join's pair is one onelink request, not an IPRoute call.
+    monkeypatch.setattr(onelink, "add_veth", refuse_veth)
     with pytest.raises(KernelError, match=rf"endpoint {names.short(EP)}.*not permitted"):
         host.kernel.ensure_endpoint(ep_spec())
     monkeypatch.undo()

@@ -2,7 +2,8 @@
 
 Modules, one family each: ``network`` (namespace, bridge, VXLAN), ``endpoint``
 (veth pairs), ``peers`` (FDB and neighbours), ``host`` (host facts, start-up
-cleaning), ``reaper`` (batched veth deletion); ``handles`` and ``links`` are what
+cleaning), ``reaper`` (batched veth deletion); ``handles``, ``links`` and
+``onelink`` (the one-request link calls of Join, Leave and the reaper) are what
 they share, and ``kernel`` puts the families together as ``NetlinkKernel``.
 
 Per network, a named network namespace ``names.netns(id)`` under ``netns_dir``
@@ -17,7 +18,9 @@ namespace for Docker to move into the container, the bridge side
 (``names.veth_bridge``) created directly in the network namespace.
 
 Every netlink handle is opened and closed per call: a pyroute2 0.9 handle keeps
-an event loop per thread, so one shared by request threads breaks. Calls on one
+an event loop per thread, so one shared by request threads breaks. The requests
+on every endpoint call's path go on a plain netlink socket (``onelink``), also
+opened per call, since an ``IPRoute`` costs more CPU than the request itself. Calls on one
 network are serialised by a per-network lock; creating and deleting staging
 devices in the host namespace is serialised by one more lock. The bridge's
 ifindex is cached per network, so the usual Join is a single request.

@@ -16,6 +16,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from driver import names
 from driver.kernel import nsfs
+from driver.kernel.netlink import onelink
 from driver.kernel.netlink.handles import Handles
 from driver.kernel.netlink.links import (
     BRIDGE_PREFIX,
@@ -43,55 +44,56 @@ class Endpoints(Handles):
             f"network {names.short(spec.network_id)}: endpoint "
             f"{names.short(spec.endpoint_id)} ({links.host_side}/{links.bridge_side})"
         )
-        with self._lock(spec.network_id), self._netns(spec.network_id) as ns, errors(what):
-            if self._create_veth(ns, spec, links):
+        with self._lock(spec.network_id), errors(what):
+            if self._create_veth(spec, links):
                 return links
             # Something of this endpoint exists already (a retry, or a retired pair
             # the reaper has not deleted yet): look before changing anything.
-            with self._host() as host:
+            with self._netns(spec.network_id) as ns, self._host() as host:
                 self._ensure_veth(ns, host, spec, links, what)
         return links
 
-    def _create_veth(self, ns: Handle, spec: EndpointSpec, links: EndpointLinks) -> bool:
+    def _create_veth(self, spec: EndpointSpec, links: EndpointLinks) -> bool:
         """The usual case in one request: the pair, enslaved and up. False on EEXIST.
 
         The bridge side is the device created (so it can name its master and
         state), the host side its peer, sent into the host namespace.
         """
         short = names.short(spec.network_id)
-        for attempt in (1, 2):
-            bridge = self._bridges.get(short)
-            if bridge is None:
-                link = get_link(ns, names.BRIDGE)
-                if link is None:
-                    raise KernelError(f"network {short}: the network has no {names.BRIDGE}")
-                bridge = self._bridges[short] = int(link["index"])
-            fd = self._host_fd()
-            try:
-                ns.link(
-                    "add",
-                    ifname=links.bridge_side,
-                    kind="veth",
-                    mtu=spec.mtu,
-                    master=bridge,
-                    state="up",
-                    peer={
-                        "ifname": links.host_side,
-                        "address": spec.mac,
-                        "mtu": spec.mtu,
-                        "net_ns_fd": fd,
-                    },
-                )
-                return True
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    return False
-                if exc.code not in GONE or attempt == 2:
-                    raise
-                self._bridges.pop(short, None)  # the bridge was remade: look it up again
-            finally:
-                os.close(fd)
+        with self._netns_socket(spec.network_id) as sock:
+            for attempt in (1, 2):
+                bridge = self._bridges.get(short)
+                if bridge is None:
+                    bridge = self._bridges[short] = self._bridge_index(spec.network_id)
+                fd = self._host_fd()
+                try:
+                    onelink.add_veth(
+                        sock,
+                        links.bridge_side,
+                        spec.mtu,
+                        bridge,
+                        peer_name=links.host_side,
+                        peer_mac=spec.mac,
+                        peer_netns_fd=fd,
+                    )
+                    return True
+                except NetlinkError as exc:
+                    if exc.code == errno.EEXIST:
+                        return False
+                    if exc.code not in GONE or attempt == 2:
+                        raise
+                    self._bridges.pop(short, None)  # the bridge was remade: look it up again
+                finally:
+                    os.close(fd)
         return False  # unreachable: the second attempt returns or raises
+
+    def _bridge_index(self, network_id: str) -> int:
+        with self._netns(network_id) as ns:
+            link = get_link(ns, names.BRIDGE)
+        if link is None:
+            short = names.short(network_id)
+            raise KernelError(f"network {short}: the network has no {names.BRIDGE}")
+        return int(link["index"])
 
     def _ensure_veth(
         self, ns: Handle, host: Handle, spec: EndpointSpec, links: EndpointLinks, what: str
@@ -109,7 +111,7 @@ class Endpoints(Handles):
             if inner is None:
                 if outer is not None:
                     delete_link(host, int(outer["index"]))
-                if not self._create_veth(ns, spec, links):
+                if not self._create_veth(spec, links):
                     raise KernelError(f"{what}: still exists after it was deleted")
                 undo.callback(self._delete_bridge_side_quietly, ns, links.bridge_side)
                 inner = must_link(ns, links.bridge_side)
@@ -158,16 +160,10 @@ class Endpoints(Handles):
         what = f"network {names.short(network_id)}: endpoint {names.short(endpoint_id)}"
         with self._lock(network_id), errors(what):
             if nsfs.is_netns(self._path(network_id)):
-                with self._netns(network_id) as ns:
+                with self._netns_socket(network_id) as sock:
                     try:
                         # One request: off the bridge, down, and marked for the reaper.
-                        ns.link(
-                            "set",
-                            ifname=names.veth_bridge(endpoint_id),
-                            master=0,
-                            state="down",
-                            group=RETIRED_GROUP,
-                        )
+                        onelink.retire(sock, names.veth_bridge(endpoint_id), RETIRED_GROUP)
                     except NetlinkError as exc:
                         if exc.code not in GONE:
                             raise
@@ -189,9 +185,9 @@ class Endpoints(Handles):
         try:
             with (
                 errors(f"network {names.short(network_id)}: delete retired veths"),
-                self._open(path) as ns,
+                nsfs.socket_in(path) as sock,
             ):
-                ignore_gone(lambda: ns.link("del", group=RETIRED_GROUP))
+                ignore_gone(lambda: onelink.delete_group(sock, RETIRED_GROUP))
         except KernelError:
             if not nsfs.is_netns(path):
                 return  # DeleteNetwork came first: the devices went with the namespace

@@ -57,14 +57,28 @@ class Handles:
 
     @contextmanager
     def _netns(self, network_id: str) -> Iterator[Handle]:
-        path = self._path(network_id)
-        if not nsfs.is_netns(path):
-            self._forget(names.short(network_id))
-            raise KernelError(f"network {names.short(network_id)}: namespace {path} does not exist")
+        path = self._existing(network_id)
         with errors(f"open namespace {path}"):
             ipr = self._open(path)
         with ipr:
             yield ipr
+
+    @contextmanager
+    def _netns_socket(self, network_id: str) -> Iterator[socket.socket]:
+        """A plain netlink socket in the network's namespace, for ``onelink`` requests."""
+        path = self._existing(network_id)
+        with errors(f"open namespace {path}"):
+            sock = nsfs.socket_in(path)
+        with sock:
+            yield sock
+
+    def _existing(self, network_id: str) -> Path:
+        """The network's namespace; KernelError if it does not exist. The caller holds its lock."""
+        path = self._path(network_id)
+        if not nsfs.is_netns(path):
+            self._forget(names.short(network_id))
+            raise KernelError(f"network {names.short(network_id)}: namespace {path} does not exist")
+        return path
 
     @staticmethod
     def _open(path: Path) -> Handle:
