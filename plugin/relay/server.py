@@ -213,8 +213,8 @@ def _only(method: str, allowed: str) -> None:
 def _json(body: bytes) -> Mapping[str, Any]:
     try:
         value = json.loads(body or b"{}")
-    except ValueError:
-        raise BadRequest(400, "body: not JSON") from None
+    except (ValueError, RecursionError):
+        raise BadRequest(400, "body: not JSON (or nested too deep)") from None
     if not isinstance(value, dict):
         raise BadRequest(400, "body: not a JSON object")
     return value

@@ -166,6 +166,7 @@ def test_an_etcd_outage_makes_the_relay_refuse_and_recover(
         ("/v3/watch", json.dumps({"create_request": {"key": b64(PEERS), "range_end":
          b64(prefix_end(PEERS)), "start_revision": "x"}}).encode(), 400, "start_revision"),
         ("/v3/kv/range", b"x" * 70_000, 413, "content-length"),
+        ("/v3/kv/range", b"[" * 60_000, 400, "nested too deep"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_refused_naming_the_field(
