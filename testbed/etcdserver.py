@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -40,7 +41,7 @@ class EtcdServer:
     def start(self) -> None:
         """Start again on the same ports and data (after stop(), for outage tests)."""
         self.process = _spawn(self.data_dir, self.client_port, self.peer_port, self.extra_args)
-        _wait_healthy(self.url, self.process)
+        wait_healthy(self.url, self.process)
 
 
 def _spawn(
@@ -76,19 +77,26 @@ def _spawn(
     )
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    what: str = "etcd",
+    context: ssl.SSLContext | None = None,
+    timeout: float = 20.0,
+) -> None:
+    """Until ``url``/health says true (etcd's answer; the watch relay gives the same)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"etcd exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"{url}/health", timeout=1, context=context) as r:
                 if b"true" in r.read():
                     return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"etcd at {url} not healthy after {timeout}s")
+    raise RuntimeError(f"{what} at {url} not healthy after {timeout}s")
 
 
 @contextmanager
@@ -108,7 +116,7 @@ def etcd_server(
         f"http://127.0.0.1:{client_port}", data_dir, proc, peer_port, client_port, extra_args
     )
     try:
-        _wait_healthy(server.url, proc)
+        wait_healthy(server.url, proc)
         yield server
     finally:
         server.stop()

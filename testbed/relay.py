@@ -9,14 +9,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.etcdserver import free_port
+from testbed.etcdserver import free_port, wait_healthy
 from testbed.proc import stop as stop_process
 
 
@@ -87,23 +85,12 @@ def _spawn(etcd_url: str, port: int, log: Path, pki: TestPKI | None) -> subproce
     )
 
 
-def _wait_healthy(relay: RelayServer, timeout: float = 20.0) -> None:
+def _wait_healthy(relay: RelayServer) -> None:
     ctx = None
     if relay.pki is not None:
         ctx = ssl.create_default_context(cafile=relay.pki.ca)
         ctx.load_cert_chain(relay.pki.cert("client"), relay.pki.key("client"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if relay.process.poll() is not None:
-            raise RuntimeError(f"the relay exited with {relay.process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{relay.url}/health", timeout=1, context=ctx) as r:
-                if b"true" in r.read():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the relay at {relay.url} is not healthy after {timeout}s")
+    wait_healthy(relay.url, relay.process, "the relay", ctx)
 
 
 @contextmanager
