@@ -194,25 +194,27 @@ def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def _check_etcd_tls(
-    env: Mapping[str, str], endpoints: tuple[str, ...], setting: str = "ETCD_ENDPOINTS"
+    env: Mapping[str, str], endpoints: tuple[str, ...], relays: tuple[str, ...]
 ) -> None:
     """TLS settings that would fail open (plain HTTP, no client certificate) stop the start.
 
-    IPsec keys and peer records cross the etcd connection: an http:// endpoint
-    next to ETCD_CA/CERT/KEY would send them in clear without a word.
+    IPsec keys and peer records cross the etcd connection, and peer records the relays':
+    an http:// endpoint or relay next to ETCD_CA/CERT/KEY would send them in clear without
+    a word.
     """
     ca, cert, key = (env.get(n, "").strip() for n in ("ETCD_CA", "ETCD_CERT", "ETCD_KEY"))
     if not (ca or cert or key):
         return
     given = ", ".join(n for n, v in (("ETCD_CA", ca), ("ETCD_CERT", cert), ("ETCD_KEY", key)) if v)
-    if not endpoints and setting == "ETCD_ENDPOINTS":
+    if not endpoints:
         raise SettingsError(f"{given}: set, but ETCD_ENDPOINTS is empty (no etcd to use them with)")
-    plain = [e for e in endpoints if not e.startswith("https://")]
-    if plain:
-        raise SettingsError(
-            f"{setting}: {plain[0][:100]!r} is plain http:// but {given} is set; "
-            "use https:// so that keys and peer records are not sent in clear"
-        )
+    for setting, urls in (("ETCD_ENDPOINTS", endpoints), ("PEER_RELAYS", relays)):
+        plain = [e for e in urls if not e.startswith("https://")]
+        if plain:
+            raise SettingsError(
+                f"{setting}: {plain[0][:100]!r} is plain http:// but {given} is set; "
+                "use https:// so that keys and peer records are not sent in clear"
+            )
     if bool(cert) != bool(key):
         have, missing = ("ETCD_CERT", "ETCD_KEY") if cert else ("ETCD_KEY", "ETCD_CERT")
         raise SettingsError(
@@ -258,8 +260,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     relays = _urls(env, "PEER_RELAYS")
     if relays and not endpoints:
         raise SettingsError("PEER_RELAYS: set, but ETCD_ENDPOINTS is empty (relays serve an etcd)")
-    _check_etcd_tls(env, endpoints)
-    _check_etcd_tls(env, relays, "PEER_RELAYS")
+    _check_etcd_tls(env, endpoints, relays)
     return Settings(
         socket=Path(env.get("SOCKET", "") or DEFAULT_SOCKET),
         state_dir=Path(env.get("STATE_DIR", "") or DEFAULT_STATE_DIR),
