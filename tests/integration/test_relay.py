@@ -11,10 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from driver.kernel.port import Peer
 from plugin.controlplane import gateway
 from plugin.relay.feed import HEARTBEAT, IDLE_TIMEOUT
 from plugin.store.etcd import EtcdKV, EtcdTLS, StoreUnavailable, b64, prefix_end
@@ -51,6 +53,24 @@ def post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, ob
 def close_all(nodes: list[Node]) -> None:
     for n in nodes:
         n.control.close()
+
+
+@contextmanager
+def following(
+    etcd: EtcdServer, relays: tuple[str, ...], tls: EtcdTLS | None = None
+) -> Iterator[tuple[Node, Node, Peer]]:
+    """A writer (on etcd) and a follower (through ``relays``) that has learned the writer's
+    first endpoint, which is yielded with them; both closed on the way out."""
+    writer = make_node(etcd, "192.0.2.1")
+    follower = make_node(etcd, "192.0.2.2", relays=relays, relay_tls=tls)
+    try:
+        network_on(writer)
+        network_on(follower)
+        a = start_endpoint(writer, "a" * 64, "10.20.0.2")
+        wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
+        yield writer, follower, a
+    finally:
+        close_all([writer, follower])
 
 
 def test_the_relay_lists_the_prefix_as_etcd_does(etcd: EtcdServer, relay: RelayServer) -> None:
@@ -96,13 +116,7 @@ def test_nodes_following_a_relay_learn_and_forget_endpoints(
 def test_a_relay_restart_ends_with_its_nodes_converged(
     etcd: EtcdServer, relay: RelayServer
 ) -> None:
-    writer = make_node(etcd, "192.0.2.1")
-    follower = make_node(etcd, "192.0.2.2", relays=(relay.url,))
-    try:
-        network_on(writer)
-        network_on(follower)
-        a = start_endpoint(writer, "a" * 64, "10.20.0.2")
-        wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
+    with following(etcd, (relay.url,)) as (writer, follower, a):
         relay.stop()
         b = start_endpoint(writer, "b" * 64, "10.20.0.3")
         writer.plugin.ok("/NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": "a" * 64})
@@ -110,36 +124,23 @@ def test_a_relay_restart_ends_with_its_nodes_converged(
         assert follower.peers() == {a}  # the data path keeps what it had
         relay.start()
         wait_for(lambda: follower.peers() == {b}, timeout=20, what="convergence after restart")
-    finally:
-        close_all([writer, follower])
 
 
 def test_nodes_move_to_the_next_relay_when_theirs_stops(etcd: EtcdServer) -> None:
-    with relay_server(etcd.url) as first, relay_server(etcd.url) as second:
-        writer = make_node(etcd, "192.0.2.1")
-        follower = make_node(etcd, "192.0.2.2", relays=(first.url, second.url))
-        try:
-            network_on(writer)
-            network_on(follower)
-            a = start_endpoint(writer, "a" * 64, "10.20.0.2")
-            wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
-            first.stop()
-            b = start_endpoint(writer, "b" * 64, "10.20.0.3")
-            wait_for(lambda: follower.peers() == {a, b}, timeout=20, what="the second relay")
-        finally:
-            close_all([writer, follower])
+    with (
+        relay_server(etcd.url) as first,
+        relay_server(etcd.url) as second,
+        following(etcd, (first.url, second.url)) as (writer, follower, a),
+    ):
+        first.stop()
+        b = start_endpoint(writer, "b" * 64, "10.20.0.3")
+        wait_for(lambda: follower.peers() == {a, b}, timeout=20, what="the second relay")
 
 
 def test_an_etcd_outage_makes_the_relay_refuse_and_recover(
     etcd: EtcdServer, relay: RelayServer
 ) -> None:
-    writer = make_node(etcd, "192.0.2.1")
-    follower = make_node(etcd, "192.0.2.2", relays=(relay.url,))
-    try:
-        network_on(writer)
-        network_on(follower)
-        a = start_endpoint(writer, "a" * 64, "10.20.0.2")
-        wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
+    with following(etcd, (relay.url,)) as (writer, follower, a):
         etcd.stop()
         wait_for(lambda: post(f"{relay.url}/health", b"", "GET")[0] == 503, what="503 health")
         range_req = json.dumps({"key": b64(PEERS), "range_end": b64(prefix_end(PEERS))})
@@ -149,8 +150,6 @@ def test_an_etcd_outage_makes_the_relay_refuse_and_recover(
         b = start_endpoint(writer, "b" * 64, "10.20.0.3")
         etcd.start()
         wait_for(lambda: follower.peers() == {a, b}, timeout=30, what="recovery after etcd")
-    finally:
-        close_all([writer, follower])
 
 
 @pytest.mark.parametrize(
@@ -214,17 +213,10 @@ def test_a_tls_relay_serves_only_nodes_with_a_certificate(
     etcd: EtcdServer, tmp_path: Path
 ) -> None:
     pki = make_pki(tmp_path)
+    tls = EtcdTLS(ca=pki.ca, cert=pki.cert("client"), key=pki.key("client"))
     with relay_server(etcd.url, pki=pki) as relay:
-        writer = make_node(etcd, "192.0.2.1")
-        tls = EtcdTLS(ca=pki.ca, cert=pki.cert("client"), key=pki.key("client"))
-        follower = make_node(etcd, "192.0.2.2", relays=(relay.url,), relay_tls=tls)
-        try:
-            network_on(writer)
-            network_on(follower)
-            a = start_endpoint(writer, "a" * 64, "10.20.0.2")
-            wait_for(lambda: follower.peers() == {a}, what="the follower to learn over TLS")
-        finally:
-            close_all([writer, follower])
+        with following(etcd, (relay.url,), tls):
+            pass  # the follower learned the writer's endpoint over TLS
         # No client certificate: refused (with TLS 1.3 the client learns it as a reset).
         with pytest.raises(StoreUnavailable):
             gateway.list_prefix(EtcdKV([relay.url], EtcdTLS(ca=pki.ca)), PEERS)
@@ -234,15 +226,13 @@ def test_a_relay_that_goes_silent_is_left_for_the_next(etcd: EtcdServer) -> None
     """A relay whose host stops (SIGSTOP here) closes nothing: its streams just go quiet. The
     relay's progress lines stop with it, and after IDLE_TIMEOUT the node lists again from
     its next relay."""
-    with relay_server(etcd.url) as first, relay_server(etcd.url) as second:
-        writer = make_node(etcd, "192.0.2.1")
-        follower = make_node(etcd, "192.0.2.2", relays=(first.url, second.url))
+    with (
+        relay_server(etcd.url) as first,
+        relay_server(etcd.url) as second,
+        following(etcd, (first.url, second.url)) as (writer, follower, a),
+    ):
+        os.kill(first.process.pid, signal.SIGSTOP)
         try:
-            network_on(writer)
-            network_on(follower)
-            a = start_endpoint(writer, "a" * 64, "10.20.0.2")
-            wait_for(lambda: follower.peers() == {a}, what="the follower to learn the endpoint")
-            os.kill(first.process.pid, signal.SIGSTOP)
             b = start_endpoint(writer, "b" * 64, "10.20.0.3")
             took = wait_for(
                 lambda: follower.peers() == {a, b}, timeout=IDLE_TIMEOUT + 15, what="failover"
@@ -250,7 +240,6 @@ def test_a_relay_that_goes_silent_is_left_for_the_next(etcd: EtcdServer) -> None
             assert took > HEARTBEAT  # it did wait for the silence, not a closed connection
         finally:
             os.kill(first.process.pid, signal.SIGCONT)
-            close_all([writer, follower])
 
 
 def test_idle_streams_carry_progress_lines(etcd: EtcdServer, relay: RelayServer) -> None:
